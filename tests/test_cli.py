@@ -1,0 +1,105 @@
+"""The command line: exit codes, one-line errors, and a real simulate -> analyze run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from etemlive import __version__
+
+
+def etemlive(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "etemlive", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_version():
+    result = etemlive("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"etemlive {__version__}"
+
+
+def test_missing_movie(tmp_path):
+    result = etemlive("analyze", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o"),
+                      "--headless")
+    assert_one_line_error(result, "nope.tif")
+
+
+def test_unknown_format(tmp_path):
+    movie = tmp_path / "movie.xyz"
+    movie.write_bytes(b"\x00" * 100)
+    result = etemlive("analyze", str(movie), "--out", str(tmp_path / "o"), "--headless")
+    assert_one_line_error(result, "movie.xyz")
+
+
+def test_no_pixel_size_anywhere_asks_for_it(tmp_path):
+    movie = tmp_path / "plain.tif"
+    tifffile.imwrite(movie, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    result = etemlive("analyze", str(movie), "--out", str(tmp_path / "o"), "--headless",
+                      "--backend", "classical")
+    assert_one_line_error(result, "--pixel-size-nm")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
+def test_bad_pixel_size_option(tmp_path, value):
+    movie = tmp_path / "m.tif"
+    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8))
+    result = etemlive("analyze", str(movie), "--out", str(tmp_path / "o"), "--headless",
+                      f"--pixel-size-nm={value}")
+    assert_one_line_error(result, "pixel-size-nm")
+
+
+def test_unwritable_output_folder(tmp_path):
+    movie = tmp_path / "m.tif"
+    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    result = etemlive("analyze", str(movie), "--out", str(blocker / "out"), "--headless",
+                      "--pixel-size-nm", "0.5", "--backend", "classical")
+    assert_one_line_error(result, "output folder")
+
+
+def test_simulate_then_analyze(tmp_path):
+    movie = tmp_path / "sim.tif"
+    result = etemlive("simulate", str(movie), "--scenario", "coalescence", "--seed", "3",
+                      "--frames", "6", "--size", "256")
+    assert result.returncode == 0, result.stderr
+    assert movie.exists() and (tmp_path / "sim_truth.csv").exists()
+    out = tmp_path / "out"
+    result = etemlive("analyze", str(movie), "--out", str(out), "--headless", "--backend",
+                      "classical", "--save-labels")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_analysed"] == 6
+    assert summary["pixel_size_source"] == "metadata"
+    assert summary["backend"] == "classical"
+    particles = pd.read_csv(out / "particles.csv")
+    frames = pd.read_csv(out / "frames.csv")
+    assert sorted(frames["frame"]) == list(range(6))
+    truth = pd.read_csv(tmp_path / "sim_truth.csv")
+    # Counts per frame agree with the truth to within a few particles.
+    measured = particles.groupby("frame").size().reindex(range(6), fill_value=0).to_numpy()
+    expected = truth.groupby("frame").size().reindex(range(6), fill_value=0).to_numpy()
+    assert np.all(np.abs(measured - expected) <= np.maximum(2, 0.2 * expected))
+    labels = tifffile.imread(out / "labels.tif")
+    assert labels.shape[0] == 6
+    # particles.csv's label column points at the right pixels of labels.tif.
+    row = particles.iloc[len(particles) // 2]
+    page = labels[int(row["frame"])]
+    ys, xs = np.nonzero(page == row["label"])
+    assert abs(xs.mean() - row["x_px"]) < 0.5 and abs(ys.mean() - row["y_px"]) < 0.5
