@@ -243,7 +243,8 @@ def _resolve_calibration(source: Any, args: argparse.Namespace) -> tuple[float |
         raise InputError(
             f"{args.movie}: no pixel size in the file's metadata: pass --pixel-size-nm X"
         ) from None
-    first = next(iter(source), None)
+    read_frame = getattr(source, "read_frame", None)
+    first = read_frame(0) if callable(read_frame) else None
     image = first.image if first is not None else None
     return resolve_pixel_size(metadata_nm=None, user_nm=None, image=image,
                               scale_bar_nm=args.scale_bar_nm)

@@ -252,7 +252,12 @@ class Pipeline:
         """received / dropped / malformed / gaps as the source counted them (live sources)."""
         counters = getattr(self.source, "counters", None)
         if counters is None:
-            return {}
+            # File readers skip frames they cannot read and list them.
+            unreadable = len(getattr(self.source, "failed_frames", ()) or ())
+            if not unreadable:
+                return {}
+            return {"received": self.received + unreadable, "dropped": 0,
+                    "malformed": unreadable, "gaps": 0}
         if hasattr(counters, "as_dict"):
             counters = counters.as_dict()
         elif not isinstance(counters, dict):
@@ -342,14 +347,16 @@ class Pipeline:
             self._finish_tracks()
         finally:
             self._ended_s = time.perf_counter()
-            summary = self.summary()
             try:
-                self.recorder.write_summary(summary)
-            finally:
-                self.recorder.close()
+                # Closed first: a live source counts frames still queued as dropped,
+                # so the final summary's counters add up.
                 close = getattr(self.source, "close", None)
                 if callable(close):
                     close()
+                summary = self.summary()
+                self.recorder.write_summary(summary)
+            finally:
+                self.recorder.close()
                 self._finished.set()
         return summary
 
