@@ -72,7 +72,7 @@ def test_run_writes_every_frame_and_consistent_counters(tmp_path):
     assert table["frame"].tolist() == [f.index for f in frames]  # frame order kept with 2 workers
     assert (table["count"] > 0).all()
     particles = pd.read_csv(tmp_path / "particles.csv")
-    assert particles.groupby("frame").size().to_dict() == dict(zip(table["frame"], table["count"]))
+    assert particles.groupby("frame").size().to_dict() == dict(zip(table["frame"], table["count"], strict=True))
     snapshot = pipeline.latest_snapshot()
     assert snapshot is not None and snapshot.frame_index == frames[-1].index
     assert len(snapshot.history) >= 1 and snapshot.stats.analysed == len(frames)

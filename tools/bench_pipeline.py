@@ -61,7 +61,7 @@ class _Cycle:
         self.pixel_size_nm, self.frame_interval_s = px, dt
 
     def __iter__(self):
-        for i, f in zip(range(self.n_frames), itertools.cycle(self.frames)):
+        for i, f in zip(range(self.n_frames), itertools.cycle(self.frames), strict=False):
             yield Frame(i, i * self.frame_interval_s, self.pixel_size_nm, f.image)
 
     def close(self) -> None:

@@ -277,7 +277,6 @@ class _Progress:
 
 def cmd_live(args: argparse.Namespace) -> int:
     from .config import RunConfig
-    from .pipeline import Pipeline
     from .record import Recorder
     from .sources.zmq import ZmqSource
 
