@@ -864,6 +864,10 @@ class _RsciioMovie(MovieReader):
             axes.sort(key=lambda ax: ax["index_in_array"])
         nav = [i for i, ax in enumerate(axes) if ax.get("navigate", False)]
         sig = [i for i, ax in enumerate(axes) if not ax.get("navigate", False)]
+        if any(_norm_unit(axes[i].get("units", "")) in ("ev", "kev") for i in sig):
+            raise InputError(
+                f"{self.path.name}: holds a spectrum image (energy axis), not a movie of images"
+            )
         if data.ndim != len(axes):
             raise InputError(f"{self.path.name}: data shape {data.shape} does not match its axes")
         if sum(1 for i in nav if data.shape[i] > 1) > 1:
