@@ -1,0 +1,138 @@
+"""Network maps <-> instance labels (numpy / OpenCV / scikit-image; no torch).
+
+:func:`maps_to_instances` turns the U-Net's particle probability and normalized
+distance maps into int32 instance labels: the particle mask is ``prob > 0.5``;
+markers are the particle "cores" (``distance > core_threshold``); a connected
+piece of the mask with one or no core is one particle as it stands, and only the
+pieces holding two or more cores (touching / coalescing particles) go through a
+seeded watershed on the distance map. Most particles are isolated, so the
+watershed touches a small part of the frame: on a 1024^2 frame with ~200
+particles skimage's watershed over the whole mask took 60-115 ms here (2 loaded
+cores), over the touching pieces only a few ms.
+
+:func:`training_targets` is the inverse, used by training: labels -> (mask,
+normalized distance), with the distance cut at the border between touching
+particles so that the network learns a dip there.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from ..errors import InputError
+
+
+def training_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel targets for the U-Net from instance labels.
+
+    Parameters
+    ----------
+    labels : ndarray (H, W) of int
+        0 = background, each particle a distinct positive value.
+
+    Returns
+    -------
+    fg : ndarray (H, W) float32
+        1 inside any particle, else 0.
+    dist : ndarray (H, W) float32
+        Euclidean distance (px) to the particle's border divided by the largest
+        such distance in that particle: 1 at its centre, small at its rim and at
+        the contact line with a touching particle, 0 outside.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InputError(f"labels must be 2-D, got shape {labels.shape}")
+    lab = labels.astype(np.int32, copy=False)
+    fg = lab > 0
+    # Pixels whose right/lower neighbour is another particle form the contact line;
+    # removing them from the distance source makes the distance dip between particles.
+    contact = np.zeros_like(fg)
+    dx = (lab[:, 1:] != lab[:, :-1]) & fg[:, 1:] & fg[:, :-1]
+    dy = (lab[1:, :] != lab[:-1, :]) & fg[1:, :] & fg[:-1, :]
+    contact[:, 1:] |= dx
+    contact[1:, :] |= dy
+    src = (fg & ~contact).astype(np.uint8)
+    d = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # contact pixels get a small positive value (they are inside particles)
+    d[contact] = 0.5
+    n = int(lab.max())
+    if n == 0:
+        return fg.astype(np.float32), np.zeros(lab.shape, np.float32)
+    dmax = ndi.maximum(d, lab, index=np.arange(n + 1)).astype(np.float32)
+    dmax[0] = 1.0
+    dist = d / np.maximum(dmax[lab], 1e-6)
+    dist[~fg] = 0.0
+    return fg.astype(np.float32), np.clip(dist, 0.0, 1.0).astype(np.float32)
+
+
+def maps_to_instances(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    core_threshold: float = 0.5,
+    min_area_px: int = 4,
+) -> np.ndarray:
+    """Instance labels from the particle probability and normalized distance maps.
+
+    Parameters
+    ----------
+    prob : ndarray (H, W) float
+        Particle probability in [0, 1].
+    dist : ndarray (H, W) float
+        Predicted normalized distance in [0, 1] (1 at particle centres).
+    threshold : float
+        Mask = ``prob > threshold``.
+    core_threshold : float
+        Markers = connected regions of ``dist > core_threshold`` inside the mask.
+    min_area_px : int
+        Instances smaller than this (px) are dropped (noise specks).
+
+    Returns
+    -------
+    labels : ndarray (H, W) int32
+        0 = background, particles 1..N (consecutive).
+    """
+    prob = np.asarray(prob)
+    dist = np.asarray(dist)
+    if prob.shape != dist.shape or prob.ndim != 2:
+        raise InputError(f"prob and dist must be 2-D of one shape, got {prob.shape} and {dist.shape}")
+    fg = (prob > threshold).astype(np.uint8)
+    n_comp, comp = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+    if n_comp <= 1:
+        return np.zeros(prob.shape, np.int32)
+    cores = ((dist > core_threshold) & (fg > 0)).astype(np.uint8)
+    n_mk, mk = cv2.connectedComponents(cores, connectivity=8, ltype=cv2.CV_32S)
+    out = comp
+    if n_mk > 2:
+        core_px = mk > 0
+        comp_of_marker = np.zeros(n_mk, np.int32)
+        comp_of_marker[mk[core_px]] = comp[core_px]  # a core lies in exactly one mask piece
+        n_cores = np.bincount(comp_of_marker[1:], minlength=n_comp)
+        multi = n_cores >= 2
+        multi[0] = False
+        if multi.any():
+            region = multi[comp]
+            # Watershed only over the bounding box of the touching pieces.
+            rows = np.flatnonzero(region.any(axis=1))
+            cols = np.flatnonzero(region.any(axis=0))
+            sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            reg = region[sl]
+            markers = np.where(reg, mk[sl], 0)
+            ws = watershed(-dist[sl].astype(np.float32), markers, mask=reg)
+            out = comp.copy()
+            out[sl][reg] = ws[reg] + n_comp  # marker ids shifted past the piece ids
+    return _relabel_sequential(out, min_area_px)
+
+
+def _relabel_sequential(labels: np.ndarray, min_area_px: int) -> np.ndarray:
+    """Drop instances smaller than ``min_area_px`` and renumber 1..N (vectorized)."""
+    area = np.bincount(labels.ravel())
+    keep = area >= max(min_area_px, 1)
+    keep[0] = False
+    lut = np.zeros(area.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]

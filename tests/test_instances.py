@@ -1,0 +1,116 @@
+"""maps <-> instance labels: training targets and the seeded split of touching particles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from etemlive.errors import InputError
+from etemlive.segment.instances import maps_to_instances, training_targets
+
+
+def disk_labels(shape, disks):
+    """Label image with disks (cy, cx, r) labelled 1..n in order (later disks win overlaps)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k, (cy, cx, r) in enumerate(disks, start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return lab
+
+
+def test_targets_isolated_disk_center_is_one_and_rim_small():
+    lab = disk_labels((41, 41), [(20, 20, 10)])
+    fg, dist = training_targets(lab)
+    assert fg.dtype == np.float32 and dist.dtype == np.float32
+    np.testing.assert_array_equal(fg, (lab > 0).astype(np.float32))
+    assert dist[20, 20] == pytest.approx(1.0)
+    assert dist[20, 10] < 0.15  # rim pixel: distance 1 px of 10.5
+    assert (dist[lab == 0] == 0).all()
+    # distance grows monotonically from rim to centre along a radius
+    assert np.all(np.diff(dist[20, 10:21]) > 0)
+
+
+def test_targets_dip_at_contact_between_touching_particles():
+    # two disks of radius 8 touching along column 20
+    lab = np.zeros((30, 40), np.int32)
+    lab[:, :20][disk_labels((30, 20), [(15, 12, 8)])[:, :20] > 0] = 1
+    lab[:, 20:][disk_labels((30, 20), [(15, 7, 8)])[:, :20] > 0] = 2
+    assert lab[15, 19] == 1 and lab[15, 20] == 2
+    _, dist = training_targets(lab)
+    assert dist[15, 19] < 0.15 and dist[15, 20] < 0.15  # contact line is a valley
+    assert dist[15, 12] == pytest.approx(1.0) and dist[lab == 2].max() == pytest.approx(1.0)
+
+
+def test_targets_small_and_large_particle_both_reach_one():
+    lab = disk_labels((80, 80), [(40, 30, 20), (40, 55, 3)])
+    _, dist = training_targets(lab)
+    for k in (1, 2):
+        assert dist[lab == k].max() == pytest.approx(1.0)
+
+
+def test_targets_empty_and_bad_shape():
+    fg, dist = training_targets(np.zeros((5, 6), np.uint16))
+    assert fg.sum() == 0 and dist.sum() == 0 and fg.shape == (5, 6)
+    with pytest.raises(InputError, match="2-D"):
+        training_targets(np.zeros((2, 3, 4)))
+
+
+def _maps_from_labels(lab):
+    fg, dist = training_targets(lab)
+    return fg * 0.9 + 0.05, dist
+
+
+@pytest.mark.parametrize(
+    "disks",
+    [
+        [(20, 20, 6), (20, 60, 9), (60, 40, 12)],  # isolated
+        [(40, 30, 10), (40, 50, 10)],  # touching, equal
+        [(40, 30, 14), (40, 49, 5)],  # small beside large (ripening case)
+        [(30, 30, 8), (30, 46, 8), (44, 38, 8)],  # a touching triple
+    ],
+)
+def test_maps_to_instances_recovers_each_particle(disks):
+    lab = np.zeros((80, 80), np.int32)
+    for k, d in enumerate(disks, start=1):  # draw so that disks keep their own pixels (no overwrite)
+        one = disk_labels((80, 80), [d])
+        lab[(one > 0) & (lab == 0)] = k
+    prob, dist = _maps_from_labels(lab)
+    pred = maps_to_instances(prob, dist)
+    assert pred.dtype == np.int32
+    assert pred.max() == len(disks)
+    assert set(np.unique(pred)) == set(range(len(disks) + 1))
+    # each true particle is covered by one predicted instance at IoU > 0.8
+    for k in range(1, len(disks) + 1):
+        vals, counts = np.unique(pred[lab == k], return_counts=True)
+        best = vals[np.argmax(counts)]
+        inter = counts.max()
+        union = (lab == k).sum() + (pred == best).sum() - inter
+        assert best > 0 and inter / union > 0.8
+
+
+def test_maps_to_instances_drops_specks_and_empty():
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:4, 2:3] = 1.0  # 2 px speck
+    prob[10:16, 10:16] = 1.0
+    dist = np.zeros_like(prob)
+    dist[12:14, 12:14] = 1.0
+    pred = maps_to_instances(prob, dist, min_area_px=4)
+    assert pred.max() == 1 and (pred[10:16, 10:16] == 1).all() and pred[2, 2] == 0
+    assert maps_to_instances(np.zeros((8, 8)), np.zeros((8, 8))).max() == 0
+
+
+def test_maps_to_instances_no_core_still_one_particle():
+    prob = np.zeros((12, 12), np.float32)
+    prob[3:9, 3:9] = 0.9
+    pred = maps_to_instances(prob, np.zeros_like(prob))
+    assert pred.max() == 1 and (pred > 0).sum() == 36
+
+
+def test_maps_to_instances_input_checked_and_not_modified():
+    prob = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    dist = prob.copy()
+    before = prob.copy()
+    maps_to_instances(prob, dist)
+    np.testing.assert_array_equal(prob, before)
+    with pytest.raises(InputError, match="one shape"):
+        maps_to_instances(prob, dist[:8])
