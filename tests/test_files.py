@@ -465,6 +465,29 @@ def test_folder_of_tiffs_and_jpegs(tmp_path):
         assert movie.n_frames == 1 and abs(int(movie.read_frame(0).image[0, 0]) - 120) <= 2
 
 
+def test_gatan_insitu_folder_tree_of_dm_files(tmp_path):
+    # Gatan's in-situ recorder: one dm file per frame in Hour/Minute/Second folders.
+    stack = _stack(12, rows=8, cols=10)
+    for i in range(12):
+        folder = tmp_path / "Hour_00" / f"Minute_{i // 6:02d}" / f"Second_{i % 6:02d}"
+        folder.mkdir(parents=True)
+        write_dm3(folder / f"insitu_{i}.dm3", stack[i], scale=0.3, units="nm")
+    with open_movie(tmp_path) as movie:
+        assert movie.n_frames == 12 and movie.shape == (8, 10)
+        assert movie.pixel_size_nm == pytest.approx(0.3, rel=1e-6)
+        np.testing.assert_array_equal(_read_all(movie), stack)
+
+
+def test_big_endian_tiff(tmp_path):
+    stack = _stack(5)
+    path = tmp_path / "be.tif"
+    tifffile.imwrite(path, stack, byteorder=">")
+    with open_movie(path) as movie:
+        images = _read_all(movie)
+    assert images.dtype == np.uint16 and images.dtype.isnative
+    np.testing.assert_array_equal(images, stack)
+
+
 # ----------------------------------------------------------------------------- real data
 
 
@@ -733,12 +756,20 @@ def test_four_d_stem_hspy(tmp_path):
     _one_line(err)
 
 
-def test_truncated_mrc(tmp_path):
+def test_truncated_mrc_keeps_complete_frames(tmp_path):
     mrcfile = pytest.importorskip("mrcfile")
+    stack = _stack(4, dtype=np.float32)  # 3840 bytes per frame
     path = tmp_path / "cut.mrc"
     with mrcfile.new(path) as mrc:
-        mrc.set_data(_stack(4, dtype=np.float32))
-    path.write_bytes(path.read_bytes()[:-500])
+        mrc.set_data(stack)
+        mrc.voxel_size = 10.0
+    data = path.read_bytes()
+    path.write_bytes(data[:-500])
+    with open_movie(path) as movie:
+        assert movie.n_frames == 4 and movie.pixel_size_nm == pytest.approx(1.0)
+        np.testing.assert_array_equal(_read_all(movie), stack[:3])
+        assert [i for i, _ in movie.failed_frames] == [3]
+    path.write_bytes(data[:1024 + 100])  # header plus part of frame 0
     with pytest.raises(InputError, match="MRC") as err:
         open_movie(path)
     _one_line(err)

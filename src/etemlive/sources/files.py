@@ -49,6 +49,7 @@ _log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 _TIFF_EXT = (".tif", ".tiff", ".btf", ".tf8")
+_DM_EXT = (".dm3", ".dm4")
 _VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv")
 _MRC_EXT = (".mrc", ".mrcs", ".st", ".ali", ".rec")
 _KIND_BY_EXT: dict[str, str] = {
@@ -690,14 +691,15 @@ class MrcMovie(MovieReader):
     def _open(self) -> None:
         import mrcfile
 
+        self._mrc = None
+        self._n_complete: int | None = None
         try:
             self._mrc = mrcfile.mmap(self.path, mode="r", permissive=False)
+            data = self._mrc.data
+            voxel_x_a = float(self._mrc.voxel_size.x)
         except Exception as err:
-            raise InputError(
-                _one_line(f"{self.path.name}: not a readable MRC file ({err}); "
-                          "is it corrupt or truncated?")
-            ) from None
-        data = self._mrc.data
+            # A cut movie still has a valid header: map the complete leading frames.
+            data, voxel_x_a = self._map_truncated(err)
         if data is None:
             raise InputError(f"{self.path.name}: MRC file holds no data (empty stack)")
         if data.ndim > 3:
@@ -707,10 +709,46 @@ class MrcMovie(MovieReader):
             )
         self._data = data if data.ndim == 3 else data[np.newaxis]
         self.n_frames = int(self._data.shape[0])
+        if self._n_complete is not None:
+            self.n_frames = self._declared
         # mrcfile reports the voxel size in Å; 0 means "not set".
-        self._meta_pixel_size_nm = length_to_nm(float(self._mrc.voxel_size.x), "Å")
+        self._meta_pixel_size_nm = length_to_nm(voxel_x_a, "Å")
+
+    def _map_truncated(self, err: Exception) -> tuple[np.ndarray, float]:
+        import mrcfile
+        from mrcfile.utils import data_dtype_from_header, data_shape_from_header
+
+        unreadable = InputError(
+            _one_line(f"{self.path.name}: not a readable MRC file ({err}); "
+                      "is it corrupt or truncated?")
+        )
+        try:
+            with mrcfile.open(self.path, mode="r", header_only=True, permissive=True) as mrc:
+                header = mrc.header
+                dtype = data_dtype_from_header(header)
+                shape = data_shape_from_header(header)
+                offset = header.nbytes + int(header.nsymbt)
+                voxel_x_a = float(mrc.voxel_size.x)
+        except Exception:
+            raise unreadable from None
+        if len(shape) != 3 or min(shape) <= 0:
+            raise unreadable
+        frame_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        n_complete = (self.path.stat().st_size - offset) // frame_bytes
+        if n_complete <= 0 or n_complete >= shape[0]:
+            raise unreadable
+        _log.warning("%s: truncated MRC: only %d of %d frames are complete",
+                     self.path.name, n_complete, shape[0])
+        self._n_complete, self._declared = int(n_complete), int(shape[0])
+        data = np.memmap(self.path, dtype=dtype, mode="r", offset=offset,
+                         shape=(self._n_complete, *shape[1:]))
+        return data, voxel_x_a
 
     def _read_raw(self, index: int) -> np.ndarray:
+        if self._n_complete is not None and index >= self._n_complete:
+            raise InputError(
+                f"truncated file: only frames 0..{self._n_complete - 1} are complete"
+            )
         return np.array(self._data[index])
 
     def _release(self) -> None:
@@ -1039,10 +1077,13 @@ class VideoMovie(MovieReader):
 
 
 class ImageFolderMovie(MovieReader):
-    """A folder of PNG / TIFF / JPEG / BMP images in natural order, or one image file.
+    """A folder of PNG / TIFF / JPEG / BMP (or Gatan dm3 / dm4) images, or one image file.
 
     Frame i is the i-th file sorted so that ``frame_2`` comes before ``frame_10``.
-    The pixel size comes from the first file when it is a calibrated TIFF.
+    When the folder itself holds no images its sub-folders are searched, sorted by
+    relative path: Gatan's in-situ recorder writes one dm4 per frame under
+    ``Hour_00/Minute_00/Second_00/``. The pixel size comes from the first file when
+    it is a calibrated TIFF or dm file.
     """
 
     format = "images"
@@ -1062,23 +1103,22 @@ class ImageFolderMovie(MovieReader):
         if self._files_given is not None:
             files = list(self._files_given)
         else:
-            files = sorted(
-                (p for p in self.path.iterdir()
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                 and not p.name.startswith(".")),
-                key=lambda p: _natural_key(p.name),
-            )
+            files = _list_images(self.path, recursive=False) or _list_images(
+                self.path, recursive=True)
         if not files:
             raise InputError(
-                f"folder {self.path} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                f"folder {self.path} holds no images "
+                f"({', '.join(IMAGE_EXTENSIONS + _DM_EXT)})"
             )
         self._files = files
         self.n_frames = len(files)
         first = files[0]
-        if first.suffix.lower() in _TIFF_EXT:
+        reader = {**dict.fromkeys(_TIFF_EXT, TiffMovie), **dict.fromkeys(_DM_EXT, DmMovie)}.get(
+            first.suffix.lower())
+        if reader is not None:
             try:
-                with TiffMovie(first) as tm:
-                    self._meta_pixel_size_nm = tm._meta_pixel_size_nm
+                with reader(first) as movie:
+                    self._meta_pixel_size_nm = movie._meta_pixel_size_nm
             except InputError:
                 pass  # reported when frame 0 is read
 
@@ -1092,6 +1132,12 @@ class ImageFolderMovie(MovieReader):
                 return tifffile.imread(path, key=0)
             except Exception as err:
                 raise InputError(_one_line(f"{path.name}: not a readable TIFF ({err})")) from None
+        if path.suffix.lower() in _DM_EXT:
+            self._bgr = False
+            with DmMovie(path) as movie:  # one small file per frame
+                if movie.n_frames != 1:
+                    raise InputError(f"{path.name}: holds {movie.n_frames} frames, expected 1")
+                return movie.read_frame(0).image
         import cv2
 
         self._bgr = True
@@ -1101,6 +1147,15 @@ class ImageFolderMovie(MovieReader):
         if image is None:
             raise InputError(f"{path.name}: not a readable image (corrupt or truncated?)")
         return image
+
+
+def _list_images(folder: Path, *, recursive: bool) -> list[Path]:
+    """Image files of ``folder`` (or its whole tree) in natural order of relative path."""
+    suffixes = IMAGE_EXTENSIONS + _DM_EXT
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    files = [p for p in candidates
+             if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()]
+    return sorted(files, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
 
 
 # ----------------------------------------------------------------------------- dispatch
