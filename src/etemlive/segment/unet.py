@@ -23,6 +23,7 @@ transposed-conv upsampling, skip connections by concatenation.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -179,8 +180,10 @@ def save_weights(model: UNet, path: str | Path, *, meta: dict | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
+    # meta through JSON: only plain types, so weights_only loading accepts the file
+    plain_meta = json.loads(json.dumps(dict(meta or {}), default=str))
     blob = {"format": WEIGHTS_FORMAT, "config": asdict(model.config), "state_dict": state,
-            "meta": dict(meta or {})}
+            "meta": plain_meta}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)

@@ -1,0 +1,292 @@
+"""Train the etemlive U-Net on our simulator only, deterministically from a seed.
+
+Data: ``etemlive.sources.simulate.render_training_sample(rng, size_px)`` scenes
+(diameters 1-100 nm, pixel sizes 0.05-2 nm/px, low to high dose, bright and dark
+field, textures, drift blur, faceted and round shapes, dense and sparse). Sample i
+is drawn from ``np.random.default_rng([seed, i])``, so the data set does not depend
+on the number of worker processes. A pool of ``--samples`` scenes is rendered up
+front (multiprocessing) and the training steps draw batches from it with fresh
+augmentation each time (dihedral flips / rot90, gamma, extra Gaussian noise), on
+the training device.
+
+Loss: 0.5 soft-Dice + 0.5 BCE on the particle map + BCE on the normalized-distance
+map (:func:`etemlive.segment.unet.segmentation_loss`).
+
+Examples
+--------
+Shipped model (GPU)::
+
+    python tools/train_unet.py --device cuda --steps 6000 --batch 32 --samples 20000 \
+        --workers 16 --out engines/unet.pt --log engines/train_log.json
+
+Few deterministic steps on a CPU (the reproducibility test)::
+
+    python tools/train_unet.py --device cpu --steps 3 --batch 2 --tile 64 --samples 4 --workers 1 \
+        --out /tmp/u.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from etemlive.segment.instances import maps_to_instances, training_targets  # noqa: E402
+
+EVAL_SEED_OFFSET = 1_000_000  # held-out samples use indices >= this
+
+
+def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ``index`` of the data set: (raw image f32, fg u8, dist f16, labels u16)."""
+    from etemlive.sources.simulate import render_training_sample
+
+    rng = np.random.default_rng([seed, index])
+    image, labels, _params = render_training_sample(rng, size_px=tile_px)
+    image = np.asarray(image, np.float32)
+    if image.shape != (tile_px, tile_px):
+        raise ValueError(f"simulator returned shape {image.shape}, expected {(tile_px, tile_px)}")
+    fg, dist = training_targets(labels)
+    return image, fg.astype(np.uint8), dist.astype(np.float16), np.asarray(labels, np.uint16)
+
+
+def _render_star(args: tuple[int, int, int]):
+    return render_sample(*args)
+
+
+def render_pool(seed: int, indices: range, tile_px: int, workers: int):
+    """Render samples ``indices`` (in order) with ``workers`` processes."""
+    jobs = [(seed, i, tile_px) for i in indices]
+    if workers <= 1:
+        out = [render_sample(*j) for j in jobs]
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            out = pool.map(_render_star, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+    img = np.stack([o[0] for o in out])[:, None]
+    fg = np.stack([o[1] for o in out])[:, None]
+    dist = np.stack([o[2] for o in out])[:, None]
+    labels = np.stack([o[3] for o in out])
+    return img, fg, dist, labels
+
+
+def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True):
+    """Dihedral transform, gamma, normalization (as normalize_frame) and noise, on x's device.
+
+    x: (B,1,T,T) float32 raw counts; fg, dist: float32 targets. Returns (xn, fg, dist).
+    """
+    b = x.shape[0]
+    dev = x.device
+    if train:
+        ks = torch.randint(0, 4, (b,), generator=gen).tolist()
+        flips = torch.randint(0, 2, (b,), generator=gen).tolist()
+        xs, fs, ds = [], [], []
+        for i in range(b):  # B is small (<= 64): a Python loop over samples, not pixels
+            xi, fi, di = x[i], fg[i], dist[i]
+            if ks[i]:
+                xi, fi, di = (torch.rot90(t, ks[i], dims=(1, 2)) for t in (xi, fi, di))
+            if flips[i]:
+                xi, fi, di = (torch.flip(t, dims=(2,)) for t in (xi, fi, di))
+            xs.append(xi)
+            fs.append(fi)
+            ds.append(di)
+        x, fg, dist = torch.stack(xs), torch.stack(fs), torch.stack(ds)
+        # gamma on the raw (positive) counts, scaled by each sample's max
+        gamma = torch.exp((torch.rand(b, generator=gen) - 0.5) * 0.8).to(dev).view(b, 1, 1, 1)
+        xmin = x.amin(dim=(1, 2, 3), keepdim=True)
+        span = (x.amax(dim=(1, 2, 3), keepdim=True) - xmin).clamp_min(1e-6)
+        x = ((x - xmin) / span).clamp_min(0) ** gamma
+    flat = x.reshape(b, -1)
+    q = torch.quantile(flat, torch.tensor([0.005, 0.995], device=dev, dtype=flat.dtype), dim=1)
+    lo = q[0].view(b, 1, 1, 1)
+    hi = q[1].view(b, 1, 1, 1)
+    xn = (x - lo) / (hi - lo).clamp_min(1e-6)
+    if train:
+        sigma = (torch.rand(b, generator=gen) * 0.08 * (torch.rand(b, generator=gen) < 0.5)).to(dev)
+        noise = torch.randn(x.shape, generator=gen_dev, device=dev)
+        xn = xn + noise * sigma.view(b, 1, 1, 1)
+    return xn.clamp(-0.5, 1.5), fg, dist
+
+
+def f1_score_simple(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> tuple[int, int, int]:
+    """(matched, n_pred, n_true) at IoU >= threshold (one-to-one is implied for IoU > 0.5)."""
+    t = true.astype(np.int64).ravel()
+    p = pred.astype(np.int64).ravel()
+    n_t, n_p = int(t.max()) + 1, int(p.max()) + 1
+    inter = np.bincount(t * n_p + p, minlength=n_t * n_p).reshape(n_t, n_p)
+    at, ap = np.bincount(t, minlength=n_t), np.bincount(p, minlength=n_p)
+    iou = inter / np.maximum(at[:, None] + ap[None, :] - inter, 1)
+    iou[0, :] = 0
+    iou[:, 0] = 0
+    matched = int((iou > iou_threshold).sum())
+    return matched, int((ap[1:] > 0).sum()), int((at[1:] > 0).sum())
+
+
+def train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from etemlive.segment.unet import (
+        UNet,
+        UNetConfig,
+        count_parameters,
+        save_weights,
+        segmentation_loss,
+    )
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    t0 = time.perf_counter()
+    img, fg, dist, _ = render_pool(args.seed, range(args.samples), args.tile, args.workers)
+    t_data = time.perf_counter() - t0
+    print(f"rendered {args.samples} samples of {args.tile}^2 in {t_data:.1f} s", flush=True)
+    X = torch.from_numpy(img).to(device)
+    FG = torch.from_numpy(fg).to(device)
+    DI = torch.from_numpy(dist).to(device)
+
+    model = UNet(UNetConfig(base_channels=args.base_channels, levels=args.levels)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    warm = max(1, min(200, args.steps // 20))
+
+    def lr_at(step: int, elapsed_s: float = 0.0) -> float:
+        # Linear warm-up then cosine decay to 2 %; with --max-minutes the decay follows
+        # whichever runs out first, steps or time, so a time-capped run still anneals.
+        if step < warm:
+            return args.lr * (step + 1) / warm
+        p = (step - warm) / max(1, args.steps - warm)
+        if args.max_minutes:
+            p = max(p, elapsed_s / (60 * args.max_minutes))
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    gen_dev = torch.Generator(device=device).manual_seed(args.seed + 1)
+    curve: list[dict] = []
+    use_amp = device.type == "cuda"
+    t_train = time.perf_counter()
+    step = 0
+    for step in range(args.steps):
+        elapsed = time.perf_counter() - t_train
+        if args.max_minutes and elapsed > 60 * args.max_minutes:
+            print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached", flush=True)
+            step -= 1
+            break
+        lr = lr_at(step, elapsed)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, args.samples, (args.batch,), generator=gen).to(device)
+        xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        model.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(xb)
+        loss, parts = segmentation_loss(logits, fb, db)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step < 20 or step % args.log_every == 0 or step == args.steps - 1:
+            rec = {"step": step, "loss": float(loss.detach()), **parts, "lr": lr,
+                   "t_s": round(time.perf_counter() - t_train, 2)}
+            curve.append(rec)
+            if step % args.log_every == 0:
+                print(json.dumps(rec), flush=True)
+    steps_done = step + 1
+    train_s = time.perf_counter() - t_train
+
+    ev = evaluate(torch, model, args, device) if args.eval_samples else {}
+    meta = {
+        "seed": args.seed, "steps": steps_done, "batch": args.batch, "tile_px": args.tile,
+        "samples": args.samples, "lr": args.lr, "device": _device_name(torch, device),
+        "train_s": round(train_s, 1), "render_s": round(t_data, 1),
+        "parameters": count_parameters(model), "torch": str(torch.__version__),
+        "python": platform.python_version(), "eval": ev,
+        "command": " ".join(["python", "tools/train_unet.py", *sys.argv[1:]]),
+    }
+    model = model.to(memory_format=torch.contiguous_format).cpu()
+    save_weights(model, args.out, meta=meta)
+    log = {"meta": meta, "curve": curve}
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.log).write_text(json.dumps(log, indent=1))
+    print(json.dumps({k: v for k, v in meta.items() if k != "command"}), flush=True)
+    return log
+
+
+def _device_name(torch, device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def evaluate(torch, model, args, device) -> dict:
+    """Held-out loss and instance F1 on samples the training never saw."""
+    from etemlive.segment.unet import segmentation_loss
+
+    img, fg, dist, labels = render_pool(
+        args.seed, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + args.eval_samples), args.tile, args.workers
+    )
+    model.eval()
+    losses, m_sum, p_sum, t_sum = [], 0, 0, 0
+    with torch.inference_mode():
+        for b0 in range(0, len(img), 32):
+            x = torch.from_numpy(img[b0 : b0 + 32]).to(device)
+            f = torch.from_numpy(fg[b0 : b0 + 32]).to(device).float()
+            d = torch.from_numpy(dist[b0 : b0 + 32]).to(device).float()
+            xn, f, d = augment(torch, x, f, d, None, None, train=False)
+            logits = model(xn).float()
+            loss, _ = segmentation_loss(logits, f, d)
+            losses.append(float(loss))
+            prob = torch.sigmoid(logits).cpu().numpy()
+            for j in range(prob.shape[0]):
+                pred = maps_to_instances(prob[j, 0], prob[j, 1])
+                m, p, t = f1_score_simple(pred, labels[b0 + j])
+                m_sum, p_sum, t_sum = m_sum + m, p_sum + p, t_sum + t
+    f1 = 2 * m_sum / max(p_sum + t_sum, 1)
+    return {"samples": int(len(img)), "loss": float(np.mean(losses)), "f1_iou50": round(f1, 4),
+            "n_true": t_sum, "n_pred": p_sum, "n_matched": m_sum}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--tile", type=int, default=256, help="training tile side (px, multiple of 16)")
+    p.add_argument("--samples", type=int, default=20000, help="rendered scenes in the pool")
+    p.add_argument("--eval-samples", type=int, default=0, help="held-out scenes for the final eval")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes")
+    p.add_argument("--base-channels", type=int, default=8)
+    p.add_argument("--levels", type=int, default=5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this training time (0 = off)")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--out", default=str(ROOT / "engines" / "unet.pt"))
+    p.add_argument("--log", default="", help="write the loss curve and metadata (json) here")
+    args = p.parse_args(argv)
+    if args.tile % 16:
+        p.error("--tile must be a multiple of 16")
+    if args.samples < 1 or args.batch < 1 or args.steps < 1:
+        p.error("--samples, --batch and --steps must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
