@@ -304,6 +304,31 @@ def test_tiff_frames_stream_one_at_a_time(tmp_path, compression):
     assert peak < 6 * frame_bytes, f"peak {peak / 1e6:.1f} MB for {frame_bytes / 1e6:.2f} MB frames"
 
 
+@pytest.mark.parametrize("fmt", ["tif", "mrc", "ser"])
+def test_resident_memory_stays_flat_over_a_large_file(tmp_path, fmt):
+    """Reading an 80 MB movie end to end grows RSS by far less than the file (no mmap)."""
+    psutil = pytest.importorskip("psutil")
+    n, side = 150, 512
+    stack = np.random.default_rng(2).integers(0, 4096, (n, side, side), dtype=np.uint16)
+    path = tmp_path / f"large.{fmt}"
+    if fmt == "tif":
+        tifffile.imwrite(path, stack)
+    elif fmt == "mrc":
+        mrcfile = pytest.importorskip("mrcfile")
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(stack)
+    else:
+        write_ser(path, stack, pixel_size_m=1e-9)
+    del stack
+    process = psutil.Process()
+    with open_movie(path) as movie:
+        before = process.memory_info().rss
+        count = sum(1 for _ in movie)
+        grown = process.memory_info().rss - before
+    assert count == n
+    assert grown < 16e6, f"RSS grew {grown / 1e6:.0f} MB reading a {path.stat().st_size / 1e6:.0f} MB file"
+
+
 def test_read_frame_random_access_and_bounds(tmp_path):
     stack = _stack(6)
     path = tmp_path / "s.tif"

@@ -2,10 +2,12 @@
 
 ``open_movie(path)`` picks a reader by extension (or by the file's magic bytes when
 the extension is unknown) and returns a context-managed source that yields one
-:class:`~etemlive.frames.Frame` at a time. No reader loads the whole movie: TIFF,
-MRC, dm3/dm4 and FEI ser data are memory-mapped or read page by page, HDF5 files
-(Velox emd, HyperSpy hspy) are sliced one frame at a time, videos are decoded
-frame by frame and image folders read one file per frame.
+:class:`~etemlive.frames.Frame` at a time. No reader loads the whole movie:
+uncompressed TIFF, MRC and FEI ser frames are fetched with one positioned read each
+(not memory-mapped, so resident memory stays at about one frame), compressed TIFF
+is decoded page by page, dm3/dm4 are mapped by RosettaSciIO one chunk per frame,
+HDF5 files (Velox emd, HyperSpy hspy) are sliced one frame at a time, videos are
+decoded frame by frame and image folders read one file per frame.
 
 Pixel size (nm/px) and frame interval (s) come from the file's metadata where the
 format has them; values the caller passes override them. A frame that cannot be
@@ -21,6 +23,7 @@ import math
 import os
 import re
 import struct
+import threading
 import time
 import unicodedata
 import xml.etree.ElementTree as ET
@@ -469,8 +472,8 @@ def _validate_interval(frame_interval_s: float) -> float:
 class TiffMovie(MovieReader):
     """TIFF / OME-TIFF / ImageJ stacks via tifffile.
 
-    Uncompressed contiguous data are memory-mapped; other files are decoded page by
-    page. Metadata: ImageJ ``unit`` + XResolution and ``finterval``; OME
+    Uncompressed contiguous data are read frame by frame with positioned reads;
+    other files are decoded page by page. Metadata: ImageJ ``unit`` + XResolution and ``finterval``; OME
     ``PhysicalSizeX`` (+ unit), ``TimeIncrement`` and per-plane ``DeltaT``; a JSON
     ImageDescription with ``pixel_size_nm`` / ``frame_interval_s`` (our simulator).
     Plain TIFF resolution tags are ignored: most writers fill them with 72 dpi.
@@ -517,9 +520,8 @@ class TiffMovie(MovieReader):
             )
         self.n_frames = int(np.prod([n for _, n in frame_dims], dtype=np.int64))
         self._frame_shape = tuple(shape[i] for i in range(len(shape)) if i in image_axes)
-        self._memmap: np.ndarray | None = None
+        self._frames: _FileFrames | None = None
         self._pages: Sequence[Any] | None = None
-        self._n_complete = self.n_frames
         if self.n_frames == 0:
             return
         offset = series.dataoffset
@@ -536,24 +538,9 @@ class TiffMovie(MovieReader):
             self.n_frames = declared
         if offset is not None:
             dtype = np.dtype(series.dtype).newbyteorder(self._tif.byteorder)
-            frame_bytes = int(np.prod(self._frame_shape, dtype=np.int64)) * dtype.itemsize
-            available = self.path.stat().st_size - int(offset)
-            # A cut file keeps its complete leading frames: map those, flag the rest.
-            self._n_complete = int(min(self.n_frames, max(available, 0) // frame_bytes))
-            if self._n_complete == 0:
-                raise InputError(
-                    f"{self.path.name}: truncated TIFF: the pixel data need "
-                    f"{frame_bytes * self.n_frames} bytes, the file holds {max(available, 0)}"
-                )
-            if self._n_complete < self.n_frames:
-                _log.warning(
-                    "%s: truncated TIFF: only %d of %d frames are complete",
-                    self.path.name, self._n_complete, self.n_frames,
-                )
-            self._memmap = np.memmap(
-                self.path, dtype=dtype, mode="r", offset=int(offset),
-                shape=(self._n_complete, *self._frame_shape),
-            )
+            self._frames = _FileFrames(self.path, offset=int(offset), dtype=dtype,
+                                       frame_shape=self._frame_shape, n_frames=self.n_frames,
+                                       what="TIFF")
         else:
             pages = series.pages
             if len(pages) > self.n_frames:
@@ -577,12 +564,8 @@ class TiffMovie(MovieReader):
         return 0
 
     def _read_raw(self, index: int) -> np.ndarray:
-        if self._memmap is not None:
-            if index >= self._n_complete:
-                raise InputError(
-                    f"truncated file: only frames 0..{self._n_complete - 1} are complete"
-                )
-            return np.array(self._memmap[index])  # copy: the frame outlives the map
+        if self._frames is not None:
+            return self._frames.read(index)
         pages = self._pages
         page = pages[index] if pages is not None and index < len(pages) else None
         if page is None:
@@ -590,7 +573,9 @@ class TiffMovie(MovieReader):
         return page.asarray()
 
     def _release(self) -> None:
-        self._memmap = None
+        frames = getattr(self, "_frames", None)
+        if frames is not None:
+            frames.close()
         self._pages = None
         tif = getattr(self, "_tif", None)
         if tif is not None:
@@ -684,78 +669,90 @@ class _LogCatcher(logging.Handler):
 
 
 class MrcMovie(MovieReader):
-    """MRC image stacks via ``mrcfile.mmap``; voxel size (Å) -> nm."""
+    """MRC image stacks: header via ``mrcfile``, frames by positioned reads; Å -> nm."""
 
     format = "mrc"
 
     def _open(self) -> None:
         import mrcfile
-
-        self._mrc = None
-        self._n_complete: int | None = None
-        try:
-            self._mrc = mrcfile.mmap(self.path, mode="r", permissive=False)
-            data = self._mrc.data
-            voxel_x_a = float(self._mrc.voxel_size.x)
-        except Exception as err:
-            # A cut movie still has a valid header: map the complete leading frames.
-            data, voxel_x_a = self._map_truncated(err)
-        if data is None:
-            raise InputError(f"{self.path.name}: MRC file holds no data (empty stack)")
-        if data.ndim > 3:
-            raise InputError(
-                f"{self.path.name}: 4-D MRC data (shape {data.shape}, e.g. a volume stack or "
-                "4D-STEM) is not a movie of 2-D frames"
-            )
-        self._data = data if data.ndim == 3 else data[np.newaxis]
-        self.n_frames = int(self._data.shape[0])
-        if self._n_complete is not None:
-            self.n_frames = self._declared
-        # mrcfile reports the voxel size in Å; 0 means "not set".
-        self._meta_pixel_size_nm = length_to_nm(voxel_x_a, "Å")
-
-    def _map_truncated(self, err: Exception) -> tuple[np.ndarray, float]:
-        import mrcfile
         from mrcfile.utils import data_dtype_from_header, data_shape_from_header
 
-        unreadable = InputError(
-            _one_line(f"{self.path.name}: not a readable MRC file ({err}); "
-                      "is it corrupt or truncated?")
-        )
         try:
-            with mrcfile.open(self.path, mode="r", header_only=True, permissive=True) as mrc:
+            with mrcfile.open(self.path, mode="r", header_only=True, permissive=False) as mrc:
                 header = mrc.header
                 dtype = data_dtype_from_header(header)
-                shape = data_shape_from_header(header)
-                offset = header.nbytes + int(header.nsymbt)
+                shape = tuple(int(n) for n in data_shape_from_header(header))
+                offset = int(header.nbytes) + int(header.nsymbt)
                 voxel_x_a = float(mrc.voxel_size.x)
-        except Exception:
-            raise unreadable from None
-        if len(shape) != 3 or min(shape) <= 0:
-            raise unreadable
-        frame_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        n_complete = (self.path.stat().st_size - offset) // frame_bytes
-        if n_complete <= 0 or n_complete >= shape[0]:
-            raise unreadable
-        _log.warning("%s: truncated MRC: only %d of %d frames are complete",
-                     self.path.name, n_complete, shape[0])
-        self._n_complete, self._declared = int(n_complete), int(shape[0])
-        data = np.memmap(self.path, dtype=dtype, mode="r", offset=offset,
-                         shape=(self._n_complete, *shape[1:]))
-        return data, voxel_x_a
+        except Exception as err:
+            raise InputError(
+                _one_line(f"{self.path.name}: not a readable MRC file ({err}); "
+                          "is it corrupt or truncated?")
+            ) from None
+        if len(shape) > 3:
+            raise InputError(
+                f"{self.path.name}: 4-D MRC data (shape {shape}, e.g. a volume stack or "
+                "4D-STEM) is not a movie of 2-D frames"
+            )
+        if len(shape) == 2:
+            shape = (1, *shape)
+        self.n_frames = shape[0]
+        # mrcfile reports the voxel size in Å; 0 means "not set".
+        self._meta_pixel_size_nm = length_to_nm(voxel_x_a, "Å")
+        if self.n_frames > 0:
+            self._frames = _FileFrames(self.path, offset=offset, dtype=dtype,
+                                       frame_shape=shape[1:], n_frames=self.n_frames,
+                                       what="MRC")
 
     def _read_raw(self, index: int) -> np.ndarray:
-        if self._n_complete is not None and index >= self._n_complete:
-            raise InputError(
-                f"truncated file: only frames 0..{self._n_complete - 1} are complete"
-            )
-        return np.array(self._data[index])
+        return self._frames.read(index)
 
     def _release(self) -> None:
-        self._data = None
-        mrc = getattr(self, "_mrc", None)
-        if mrc is not None:
-            mrc.close()
+        frames = getattr(self, "_frames", None)
+        if frames is not None:
+            frames.close()
+
+
+class _FileFrames:
+    """Frames stored back to back in a file, each read with one positioned read.
+
+    Reading (rather than memory-mapping) keeps the process's resident memory at one
+    frame however far a 20 GB movie has been read. A file cut short keeps its
+    complete leading frames; asking for a later one raises :class:`InputError`.
+    """
+
+    def __init__(self, path: Path, *, offset: int, dtype: np.dtype, frame_shape: tuple[int, ...],
+                 n_frames: int, what: str) -> None:
+        self.offset, self.dtype, self.frame_shape = int(offset), np.dtype(dtype), frame_shape
+        self.frame_bytes = int(np.prod(frame_shape, dtype=np.int64)) * self.dtype.itemsize
+        available = max(path.stat().st_size - self.offset, 0)
+        self.n_complete = int(min(n_frames, available // max(self.frame_bytes, 1)))
+        if self.n_complete == 0:
+            raise InputError(
+                f"{path.name}: truncated {what}: the pixel data need "
+                f"{self.frame_bytes * n_frames} bytes, the file holds {available}"
+            )
+        if self.n_complete < n_frames:
+            _log.warning("%s: truncated %s: only %d of %d frames are complete",
+                         path.name, what, self.n_complete, n_frames)
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
+
+    def read(self, index: int) -> np.ndarray:
+        if index >= self.n_complete:
+            raise InputError(
+                f"truncated file: only frames 0..{self.n_complete - 1} are complete"
+            )
+        out = np.empty(self.frame_shape, dtype=self.dtype)
+        with self._lock:  # seek + read must not interleave between threads
+            self._fh.seek(self.offset + index * self.frame_bytes)
+            got = self._fh.readinto(out.reshape(-1).view(np.uint8))
+        if got != self.frame_bytes:
+            raise InputError("short read: file changed or truncated while open")
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 # ----------------------------------------------------------------------------- FEI ser
