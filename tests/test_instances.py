@@ -114,3 +114,14 @@ def test_maps_to_instances_input_checked_and_not_modified():
     np.testing.assert_array_equal(prob, before)
     with pytest.raises(InputError, match="one shape"):
         maps_to_instances(prob, dist[:8])
+
+
+def test_uint8_maps_give_the_same_instances():
+    lab = np.zeros((80, 80), np.int32)
+    for k, d in enumerate([(40, 30, 14), (40, 49, 5), (15, 15, 6)], start=1):
+        one = disk_labels((80, 80), [d])
+        lab[(one > 0) & (lab == 0)] = k
+    prob, dist = _maps_from_labels(lab)
+    p8 = np.rint(prob * 255).astype(np.uint8)
+    d8 = np.rint(dist * 255).astype(np.uint8)
+    np.testing.assert_array_equal(maps_to_instances(p8, d8), maps_to_instances(prob, dist))

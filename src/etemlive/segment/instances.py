@@ -80,9 +80,9 @@ def maps_to_instances(
 
     Parameters
     ----------
-    prob : ndarray (H, W) float
+    prob : ndarray (H, W) float, or uint8 (probability x 255)
         Particle probability in [0, 1].
-    dist : ndarray (H, W) float
+    dist : ndarray (H, W) float, or uint8 (x 255)
         Predicted normalized distance in [0, 1] (1 at particle centres).
     threshold : float
         Mask = ``prob > threshold``.
@@ -100,11 +100,17 @@ def maps_to_instances(
     dist = np.asarray(dist)
     if prob.shape != dist.shape or prob.ndim != 2:
         raise InputError(f"prob and dist must be 2-D of one shape, got {prob.shape} and {dist.shape}")
-    fg = (prob > threshold).astype(np.uint8)
+    if prob.dtype == np.uint8:  # maps quantized as probability x 255 (GPU runners)
+        t_fg, t_core = int(threshold * 255), int(core_threshold * 255)
+        relief = dist  # flooded from low to high: invert below
+    else:
+        t_fg, t_core = threshold, core_threshold
+        relief = None
+    fg = (prob > t_fg).astype(np.uint8)
     n_comp, comp = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
     if n_comp <= 1:
         return np.zeros(prob.shape, np.int32)
-    cores = ((dist > core_threshold) & (fg > 0)).astype(np.uint8)
+    cores = ((dist > t_core) & (fg > 0)).astype(np.uint8)
     n_mk, mk = cv2.connectedComponents(cores, connectivity=8, ltype=cv2.CV_32S)
     out = comp
     if n_mk > 2:
@@ -122,7 +128,8 @@ def maps_to_instances(
             sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
             reg = region[sl]
             markers = np.where(reg, mk[sl], 0)
-            ws = watershed(-dist[sl].astype(np.float32), markers, mask=reg)
+            surface = (255 - relief[sl]) if relief is not None else -dist[sl].astype(np.float32)
+            ws = watershed(surface, markers, mask=reg)
             out = comp.copy()
             out[sl][reg] = ws[reg] + n_comp  # marker ids shifted past the piece ids
     return _relabel_sequential(out, min_area_px)
