@@ -473,8 +473,11 @@ def test_plots_hold_the_expected_points(window, provider):
     assert fx is not None and len(fx) == 200 and np.all(fy >= 0)
     assert "fit" in window.hist_plot.titleLabel.text
     # Track ids drawn over the frame: one visible text per tracked particle.
-    shown = sorted(int(t.textItem.toPlainText()) for t in window._id_items if t.isVisible())
+    shown = sorted(int(t) for t in window.id_layer.texts)
     assert shown == sorted(snap.particles["track_id"].tolist())
+    table = snap.particles.set_index("track_id")
+    np.testing.assert_allclose(window.id_layer.x_px, table.loc[
+        [int(t) for t in window.id_layer.texts], "x_px"])
 
 
 @pytest.mark.qt
