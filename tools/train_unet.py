@@ -47,12 +47,49 @@ from etemlive.segment.instances import maps_to_instances, training_targets  # no
 EVAL_SEED_OFFSET = 1_000_000  # held-out samples use indices >= this
 
 
+def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
+    """One random scene from ``simulate()`` with randomized settings (image, labels, params).
+
+    Used when the simulator has no ``render_training_sample``: draws a scenario,
+    a diameter log-uniform in 1-100 nm and a pixel size (0.05-2 nm/px) that puts it
+    at 5-60 px, a dose log-uniform in 3-2000 e-/px, polarity, blur, drift, carbon
+    texture, illumination gradient; renders 1-4 frames and keeps the last (necks,
+    motion). A setting the simulator refuses is redrawn (same rng: deterministic).
+    """
+    from etemlive.sources import simulate as sim
+
+    scenarios = [s for s in sim.SCENARIOS if s != "nucleation"]
+    for _ in range(20):
+        d_nm = float(np.exp(rng.uniform(np.log(1.0), np.log(100.0))))
+        d_px = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
+        px_nm = float(np.clip(d_nm / d_px, 0.05, 2.0))
+        params = {
+            "scenario": str(rng.choice(scenarios)), "seed": int(rng.integers(2**31)),
+            "n_frames": int(rng.integers(1, 5)), "size_px": int(size_px), "pixel_size_nm": px_nm,
+            "mean_diameter_nm": d_nm, "dose_e_per_px": float(np.exp(rng.uniform(np.log(3), np.log(2000)))),
+            "bright_field": bool(rng.random() < 0.5), "blur_sigma_px": float(rng.uniform(0.3, 1.6)),
+            "drift_px_per_frame": float(rng.uniform(0.0, 1.0)),
+            "carbon_texture_nm": float(rng.uniform(0.3, 3.0)),
+            "illumination_gradient": float(rng.uniform(0.0, 0.3)),
+        }
+        try:
+            frame = None
+            for frame in sim.simulate(sim.SimulationConfig(**params)):
+                pass
+        except Exception:  # a combination the simulator refuses or cannot render: draw again
+            continue
+        if frame is not None:
+            return frame.image.astype(np.float32), frame.labels, params
+    raise RuntimeError("the simulator refused 20 random settings in a row")
+
+
 def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sample ``index`` of the data set: (raw image f32, fg u8, dist f16, labels u16)."""
-    from etemlive.sources.simulate import render_training_sample
+    from etemlive.sources import simulate as sim
 
+    render = getattr(sim, "render_training_sample", scene_from_movie_simulator)
     rng = np.random.default_rng([seed, index])
-    image, labels, _params = render_training_sample(rng, size_px=tile_px)
+    image, labels, _params = render(rng, size_px=tile_px)
     image = np.asarray(image, np.float32)
     if image.shape != (tile_px, tile_px):
         raise ValueError(f"simulator returned shape {image.shape}, expected {(tile_px, tile_px)}")
