@@ -46,6 +46,18 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return text
 
 
+def _write_hspy(path: Path, data: np.ndarray, axes: list[dict]) -> Path:
+    """A HyperSpy file written by RosettaSciIO's own hspy writer."""
+    from rsciio.hspy import file_writer
+
+    file_writer(str(path), {
+        "data": data, "axes": axes, "metadata": {"General": {"title": path.stem}, "Signal": {}},
+        "original_metadata": {}, "attributes": {"_lazy": False}, "tmp_parameters": {},
+        "learning_results": {}, "models": {}, "package_info": {"name": "", "version": ""},
+    })
+    return path
+
+
 # ----------------------------------------------------------------------------- conversions
 
 
@@ -543,10 +555,7 @@ def test_real_hyperspy_hspy(shared_data):
 
 
 def test_hspy_stack_written_by_rosettasciio(tmp_path):
-    from rsciio.hspy import file_writer
-
     stack = _stack(4)
-    path = tmp_path / "stack.hspy"
     axes = [
         {"name": "time", "size": 4, "scale": 0.25, "offset": 0.0, "units": "s", "navigate": True},
         {"name": "y", "size": 24, "scale": 0.0015, "offset": 0.0, "units": "µm",
@@ -554,11 +563,7 @@ def test_hspy_stack_written_by_rosettasciio(tmp_path):
         {"name": "x", "size": 40, "scale": 0.0015, "offset": 0.0, "units": "µm",
          "navigate": False},
     ]
-    file_writer(str(path), {
-        "data": stack, "axes": axes, "metadata": {"General": {"title": "s"}, "Signal": {}},
-        "original_metadata": {}, "attributes": {"_lazy": False}, "tmp_parameters": {},
-        "learning_results": {}, "models": {}, "package_info": {"name": "", "version": ""},
-    })
+    path = _write_hspy(tmp_path / "stack.hspy", stack, axes)
     with open_movie(path) as movie:
         assert movie.n_frames == 4
         assert movie.pixel_size_nm == pytest.approx(1.5)
@@ -764,19 +769,22 @@ def test_four_d_mrc(tmp_path):
 
 
 def test_four_d_stem_hspy(tmp_path):
-    from rsciio.hspy import file_writer
-
-    path = tmp_path / "4dstem.hspy"
-    axes = [{"name": n, "size": s, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": nav}
-            for n, s, nav in (("sy", 3, True), ("sx", 4, True), ("ky", 8, False),
+    axes = [{"name": n, "size": k, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": nav}
+            for n, k, nav in (("sy", 3, True), ("sx", 4, True), ("ky", 8, False),
                               ("kx", 8, False))]
-    file_writer(str(path), {
-        "data": np.zeros((3, 4, 8, 8), np.uint16), "axes": axes,
-        "metadata": {"General": {"title": "4d"}, "Signal": {}}, "original_metadata": {},
-        "attributes": {"_lazy": False}, "tmp_parameters": {}, "learning_results": {},
-        "models": {}, "package_info": {"name": "", "version": ""},
-    })
+    path = _write_hspy(tmp_path / "4dstem.hspy", np.zeros((3, 4, 8, 8), np.uint16), axes)
     with pytest.raises(InputError, match="4D-STEM") as err:
+        open_movie(path)
+    _one_line(err)
+
+
+def test_spectrum_image_is_not_a_movie(tmp_path):
+    axes = [{"name": "y", "size": 4, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": 5, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+            {"name": "E", "size": 16, "scale": 0.01, "offset": 0.0, "units": "keV",
+             "navigate": False}]
+    path = _write_hspy(tmp_path / "eds.hspy", np.zeros((4, 5, 16), np.float32), axes)
+    with pytest.raises(InputError, match="no 2-D images") as err:
         open_movie(path)
     _one_line(err)
 
