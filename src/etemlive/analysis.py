@@ -544,11 +544,11 @@ def _size_rows(particles: pd.DataFrame) -> pd.DataFrame:
 
 def _as_bool(s: pd.Series) -> np.ndarray:
     """Booleans from a CSV column that may read as bool, 0/1 or 'True'/'False'."""
-    if s.dtype == bool:
-        return s.to_numpy()
-    if s.dtype == object:
-        return s.astype(str).str.strip().str.lower().isin(("true", "1", "yes")).to_numpy()
-    return s.fillna(0).to_numpy().astype(bool)
+    if pd.api.types.is_bool_dtype(s):
+        return s.fillna(False).to_numpy(bool)
+    if pd.api.types.is_numeric_dtype(s):
+        return s.fillna(0).to_numpy().astype(bool)
+    return s.astype(str).str.strip().str.lower().isin(("true", "1", "1.0", "yes")).to_numpy()
 
 
 def size_distributions_table(
@@ -756,15 +756,7 @@ def fit_coarsening_kinetics(
     npts = t.size
     # profile likelihood (Gaussian errors, sigma profiled out)
     stat = npts * np.log(np.maximum(rss, 1e-300) / max(rss_min, 1e-300))
-    inside = stat <= _CHI2_1_95
-    ci_lo = float(grid[inside].min()) if inside.any() else n_hat
-    ci_hi = float(grid[inside].max()) if inside.any() else n_hat
-    ci_lo = min(ci_lo, n_hat)
-    ci_hi = max(ci_hi, n_hat)
-    if inside[0]:
-        ci_lo = float("nan")  # open: the interval reaches the searched range
-    if inside[-1]:
-        ci_hi = float("nan")
+    ci_lo, ci_hi = _profile_interval(grid, stat, n_hat)
     mechanism = _mechanism(n_hat, ci_lo, ci_hi)
     return KineticsFit(
         status="ok",
@@ -780,6 +772,30 @@ def fit_coarsening_kinetics(
         profile_n=tuple(float(v) for v in grid),
         profile_rss=tuple(float(v) * r_ref**2 for v in rss),
     )
+
+
+def _profile_interval(grid: np.ndarray, stat: np.ndarray, n_hat: float) -> tuple[float, float]:
+    """Where the profile statistic crosses the chi2(1) 95 % level on each side of ``n_hat``
+    (linear interpolation between grid points); NaN when it never does (open interval)."""
+    i = int(np.clip(np.searchsorted(grid, n_hat), 0, grid.size - 1))
+    out = []
+    for step in (-1, 1):
+        j = i
+        while 0 <= j + step < grid.size and stat[j] <= _CHI2_1_95:
+            j += step
+        if stat[j] <= _CHI2_1_95:  # reached the end of the searched range
+            out.append(float("nan"))
+            continue
+        k = j - step  # last grid point inside (or n_hat's neighbour)
+        if stat[k] > _CHI2_1_95 or k == j:
+            out.append(float(n_hat))
+            continue
+        frac = (_CHI2_1_95 - stat[k]) / (stat[j] - stat[k])
+        out.append(float(grid[k] + frac * (grid[j] - grid[k])))
+    lo, hi = out
+    lo = lo if math.isnan(lo) else min(lo, n_hat)
+    hi = hi if math.isnan(hi) else max(hi, n_hat)
+    return lo, hi
 
 
 def _mechanism(n: float, lo: float, hi: float) -> str:
@@ -1309,7 +1325,8 @@ def write_plots(
         ax2.set_yscale("log")
     else:
         _no_data(ax2, f"kinetics ({kin.status})")
-    ax.legend(frameon=False, fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=7)
     ax.set(xlabel=tlabel, ylabel="mean radius (nm)", title="<r>^n - <r0>^n = k t")
     ax2.set(xlabel="exponent n", ylabel="RSS (nm^2)", title="profile (95 % CI dashed)")
     save(fig, "kinetics_fit")
