@@ -1,0 +1,470 @@
+"""Classical segmentation baseline: denoise, flatten, Otsu, morphology, watershed.
+
+The pipeline of the seeds, made scale-aware and fast enough for live use:
+
+1. **Denoise** with a Gaussian (``cv2.GaussianBlur``, separable, float32).
+   Chosen by measurement at 1024^2 on this 2-core machine: Gaussian sigma 1 px
+   ~3 ms, median 5x5 on uint8 ~5 ms, bilateral d=5 ~15 ms,
+   ``cv2.fastNlMeansDenoising`` h=10 on uint8 ~250 ms, skimage non-local means
+   > 5 s. Shot noise is white and particles are many pixels wide, so after
+   thresholding the Gaussian's edge blur is what matters; at the default dose the
+   Gaussian gave the same F1 as fastNlMeans at 1/80 of the time.
+2. **Polarity**: particles are the minority phase, so the skewness of the
+   smoothed, flattened intensities says dark (< 0, bright field) or bright (> 0,
+   dark field / HAADF); ``polarity="dark"|"bright"`` overrides it.
+3. **Background flattening**: a grey closing (dark particles) or opening (bright
+   particles) with a disk larger than the particles removes them and keeps the
+   carbon support and the illumination gradient; it is computed on a
+   downsampled copy (fast at any radius) and subtracted.
+4. **Percentile stretch** (1, 99.5 %) to uint8, then **Otsu** (``cv2.threshold``).
+5. **Opening / closing** with a small disk, then small objects removed.
+6. **Distance transform** (``cv2.distanceTransform``), normalized per connected
+   region (``dist / max(dist in region)``, the seeds' normalization); markers are
+   the local maxima of the log of the distance whose prominence over the saddle
+   toward any neighbour is at least ``split_ratio`` of their own height. In log
+   space this is one relative criterion for every particle size, so a small
+   particle touching a large one is split as readily as two equal ones (the
+   Ostwald-ripening case), while a rod's ridge or a coalescence neck is not.
+7. **Watershed** on the (negative) distance within the mask, then regions whose
+   saddle is too high are merged (the same relative criterion), and objects
+   under ``min_diameter_nm`` removed.
+
+Sizes are in nm and converted with the pixel size; where a size is ``None`` it is
+derived from the particles' own size, estimated from a first Otsu pass
+(so the same defaults work at 0.2 and at 2 nm/px).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.segmentation import watershed
+
+from ..errors import InputError
+from ..frames import validate_pixel_size_nm
+
+_POLARITIES = ("auto", "dark", "bright")
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """Settings of the classical segmenter; all sizes in nm, validated.
+
+    Parameters
+    ----------
+    polarity : {"auto", "dark", "bright"}
+        Dark particles (bright field) or bright ones (dark field, HAADF); ``auto``
+        decides from the intensity skewness.
+    smoothing_nm : float or None
+        Gaussian denoising sigma in nm; None: 1 px (the shot-noise scale).
+    background_nm : float or None
+        Radius of the background-flattening disk in nm; None: 3x the 90th
+        percentile particle diameter of a first pass (at least 16 px).
+    percentiles : tuple of float
+        Low and high percentiles of the contrast stretch.
+    morphology_nm : float or None
+        Radius of the opening / closing disk in nm; None: 1 px.
+    split_ratio : float
+        Relative prominence a distance peak needs over its saddle to seed its own
+        particle (0..1); larger values split less.
+    split_min_dip_px : float
+        Minimum absolute depth (px) of the distance dip between two seeds for a
+        split: the outline of a mask is only known to a pixel, so shallower dips
+        along a rod or a facet are noise. In px on purpose (a sampling limit).
+    split_sigma : float
+        Two touching regions also stay apart when the particle signal dips
+        between them by this many noise std (a faint particle beside a dark one).
+    low_sigma, high_sigma : float
+        Hysteresis thresholds in units of the background noise std above the
+        background level: a particle is a connected region above ``low_sigma``
+        whose peak reaches ``min(Otsu, high_sigma)``.
+    min_diameter_nm : float
+        Particles with a smaller equivalent diameter are removed (a floor of 2 px
+        always applies: below that shot noise makes blobs).
+    fill_holes : bool
+        Fill holes in the particle mask (particles with bright cores).
+    """
+
+    polarity: str = "auto"
+    smoothing_nm: float | None = None
+    background_nm: float | None = None
+    percentiles: tuple[float, float] = (1.0, 99.5)
+    morphology_nm: float | None = None
+    split_ratio: float = 0.1
+    split_min_dip_px: float = 0.5
+    split_sigma: float = 4.0
+    dist_sigma_px: float = 1.2
+    low_sigma: float = 2.5
+    high_sigma: float = 6.0
+    min_diameter_nm: float = 1.0
+    fill_holes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.polarity not in _POLARITIES:
+            raise InputError(f"polarity must be one of {', '.join(_POLARITIES)}, "
+                             f"got {self.polarity!r}")
+        for name in ("smoothing_nm", "background_nm", "morphology_nm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"{name} must be positive (nm) or None, got {value!r}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, "
+                             f"got {self.percentiles!r}")
+        if not 0 < self.split_ratio < 1:
+            raise InputError(f"split_ratio must be in (0, 1), got {self.split_ratio!r}")
+        if not (math.isfinite(self.min_diameter_nm) and self.min_diameter_nm >= 0):
+            raise InputError(f"min_diameter_nm must be >= 0 nm, got {self.min_diameter_nm!r}")
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(int(round(radius_px)), 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"image must be 2-D (rows, cols), got shape {image.shape}")
+    if image.size == 0:
+        raise InputError("image is empty")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InputError(f"image must be numeric, got dtype {image.dtype}")
+    out = image.astype(np.float32, copy=True)
+    if not np.isfinite(out).all():
+        # NaN / inf pixels (dead pixels in float data) become the median.
+        bad = ~np.isfinite(out)
+        out[bad] = np.median(out[~bad]) if (~bad).any() else 0.0
+    return out
+
+
+def _skewness(x: np.ndarray) -> float:
+    x = x.astype(np.float64, copy=False)
+    m = x.mean()
+    d = x - m
+    var = np.mean(d * d)
+    return float(np.mean(d * d * d) / var**1.5) if var > 0 else 0.0
+
+
+def _background(image: np.ndarray, radius_px: float, particles_bright: bool) -> np.ndarray:
+    """Large-scale background: grey opening (bright particles) / closing, downsampled."""
+    rows, cols = image.shape
+    factor = max(1, int(radius_px // 6))
+    small = cv2.resize(image, (max(1, cols // factor), max(1, rows // factor)),
+                       interpolation=cv2.INTER_AREA)
+    kernel = _disk(radius_px / factor)
+    op = cv2.MORPH_OPEN if particles_bright else cv2.MORPH_CLOSE
+    bg = cv2.morphologyEx(small, op, kernel, borderType=cv2.BORDER_REFLECT)
+    bg = cv2.GaussianBlur(bg, (0, 0), max(radius_px / factor / 2, 0.5))
+    return cv2.resize(bg, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _blur_large(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, computed on a downsampled copy (fast)."""
+    rows, cols = image.shape
+    factor = max(1, int(sigma_px // 4))
+    small = cv2.resize(image, (max(1, cols // factor), max(1, rows // factor)),
+                       interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma_px / factor, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _label_max(values: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Per-label maximum of ``values`` (index = label; -inf where absent)."""
+    # Same dtype for ``out`` and the values keeps ``ufunc.at`` on its fast path.
+    out = np.full(n_labels, -np.inf, dtype=values.dtype)
+    idx = np.flatnonzero(labels)
+    np.maximum.at(out, labels.ravel()[idx], values.ravel()[idx])
+    return out.astype(np.float64)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill holes of a 0/1 uint8 mask: flood the background from the border."""
+    rows, cols = mask.shape
+    padded = np.zeros((rows + 2, cols + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = np.zeros((rows + 4, cols + 4), np.uint8)
+    cv2.floodFill(padded, flood, (0, 0), 2)
+    return (padded[1:-1, 1:-1] != 2).astype(np.uint8)
+
+
+def _otsu_u8(x: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[np.ndarray, float]:
+    """Percentile stretch to uint8 and Otsu; returns (mask uint8 0/1, threshold 0..255)."""
+    sample = x[::4, ::4]
+    lo, hi = np.percentile(sample, [lo_pct, hi_pct])
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    u8 = cv2.convertScaleAbs(x, alpha=scale, beta=-lo * scale)  # saturates to 0..255
+    # convertScaleAbs takes |v|: values below lo would wrap up; clip them first.
+    u8[x < lo] = 0
+    t, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return mask, t
+
+
+def _background_noise(flat: np.ndarray) -> tuple[float, float]:
+    """Background level (histogram mode) and noise std of the particle-free side.
+
+    Particles are bright in ``flat``, so the values below the mode are background
+    only: their RMS distance to the mode is the noise std, unbiased by how much
+    of the image the particles cover (a median / MAD is not, at 40 % cover).
+    """
+    sample = flat[::2, ::2].ravel()
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if not hi > lo:
+        return float(lo), 1e-6
+    hist, edges = np.histogram(sample, bins=256, range=(lo, hi))
+    hist = cv2.GaussianBlur(hist.astype(np.float32).reshape(1, -1), (0, 0), 2.0).ravel()
+    k = int(np.argmax(hist))
+    mode = 0.5 * (edges[k] + edges[k + 1])
+    below = sample[sample < mode] - mode
+    sigma = float(np.sqrt(np.mean(below * below))) if below.size else float(hi - lo) / 6
+    return float(mode), max(sigma, 1e-6)
+
+
+def _hysteresis(flat: np.ndarray, low: float, high: float) -> np.ndarray:
+    """0/1 mask of the connected regions above ``low`` that reach above ``high``."""
+    weak = (flat > low).astype(np.uint8)
+    n, comp = cv2.connectedComponents(weak, connectivity=8)
+    peak = _label_max(flat, comp, n)
+    keep = peak > high
+    keep[0] = False
+    return keep[comp].astype(np.uint8)
+
+
+def _estimate_diameter_px(mask: np.ndarray) -> float:
+    """90th percentile equivalent diameter (px) of the mask's components (>= 3 px)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    areas = areas[areas >= 7]
+    if areas.size == 0:
+        return 8.0
+    return float(np.sqrt(4 * np.percentile(areas, 90) / np.pi))
+
+
+def _markers(dist: np.ndarray, signal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seeds: local maxima (3x3) of the smoothed distance, as labelled plateaus."""
+    peak = cv2.dilate(dist, np.ones((3, 3), np.uint8))
+    seeds = (dist >= peak) & (dist >= 1.0)
+    seeds = (seeds & (mask > 0)).astype(np.uint8)
+    _, markers = cv2.connectedComponents(seeds, connectivity=8)
+    return markers
+
+
+def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.ndarray,
+                     n_regions: int) -> np.ndarray:
+    """Watershed of ``-dist_norm`` from ``markers``, run only where it matters.
+
+    A connected region with a single seed is already one particle; only regions
+    with two or more seeds go through the (costly) watershed, cropped to their
+    bounding box.
+    """
+    seeded = np.flatnonzero(markers)
+    pairs = np.unique(regions.ravel()[seeded].astype(np.int64) * (int(markers.max()) + 1)
+                      + markers.ravel()[seeded])
+    seeds_per_region = np.bincount(pairs // (int(markers.max()) + 1), minlength=n_regions)
+    multi = seeds_per_region >= 2
+    multi[0] = False
+    # Regions without a seed (too thin for a smoothed distance peak >= 1 px) are
+    # noise slivers: dropped, as the watershed would leave them unlabelled.
+    keep = seeds_per_region >= 1
+    keep[0] = False
+    labels = np.where(keep[regions], regions, 0).astype(np.int32)
+    if not multi.any():
+        return labels
+    in_multi = multi[regions]
+    rows = np.flatnonzero(in_multi.any(axis=1))
+    cols = np.flatnonzero(in_multi.any(axis=0))
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    sub_mask = in_multi[box]
+    sub_markers = np.where(sub_mask, markers[box], 0)
+    ws = watershed(-dist_norm[box], sub_markers, mask=sub_mask)
+    # Watershed regions get labels above every region id.
+    labels[box][sub_mask] = ws[sub_mask] + n_regions
+    return labels
+
+
+def _merge_weak_splits(labels: np.ndarray, dist: np.ndarray, intensity: np.ndarray,
+                       cfg: ClassicalConfig, min_contrast_dip: float) -> np.ndarray:
+    """Merge adjacent watershed regions that are not separated by a real dip.
+
+    Two cues, each computed for every pair of touching regions at once:
+
+    * shape: the saddle of the distance transform (the highest ``min(d_p, d_q)``
+      over 4-neighbour pixel pairs across their boundary) against the lower of
+      the two peaks: a split needs ``saddle <= (1 - split_ratio) * peak`` (h-maxima
+      in log space: one relative criterion for all sizes) and a dip of at least
+      ``split_min_dip_px`` (the mask outline is only known to a pixel);
+    * contrast: the same saddle / peak on the smoothed particle signal; a dip
+      deeper than ``min_contrast_dip`` (a multiple of the noise) separates a faint
+      particle from a darker neighbour even when the outline shows no waist.
+
+    A pair is merged when neither cue separates it; merges are transitive
+    (connected components of the merge graph).
+    """
+    n = int(labels.max())
+    if n < 2:
+        return labels
+    pa_list, pb_list, sd_list, si_list = [], [], [], []
+    for a, b, sl_a, sl_b in (
+        (labels[:, :-1], labels[:, 1:], np.s_[:, :-1], np.s_[:, 1:]),
+        (labels[:-1, :], labels[1:, :], np.s_[:-1, :], np.s_[1:, :]),
+    ):
+        sel = (a != b) & (a > 0) & (b > 0)
+        la, lb = a[sel], b[sel]
+        pa_list.append(np.minimum(la, lb))
+        pb_list.append(np.maximum(la, lb))
+        sd_list.append(np.minimum(dist[sl_a][sel], dist[sl_b][sel]))
+        si_list.append(np.minimum(intensity[sl_a][sel], intensity[sl_b][sel]))
+    pa = np.concatenate(pa_list).astype(np.int64)
+    pb = np.concatenate(pb_list).astype(np.int64)
+    if pa.size == 0:
+        return labels
+    uniq, inv = np.unique(pa * (n + 1) + pb, return_inverse=True)
+    ua, ub = np.divmod(uniq, n + 1)
+    keep_apart = np.zeros(uniq.size, dtype=bool)
+    for values, saddles, relative, absolute in (
+        (dist, np.concatenate(sd_list), cfg.split_ratio, cfg.split_min_dip_px),
+        (intensity, np.concatenate(si_list), None, min_contrast_dip),
+    ):
+        peaks = _label_max(values, labels, n + 1)
+        saddle = np.full(uniq.size, -np.inf)
+        np.maximum.at(saddle, inv, saddles.astype(np.float64))
+        lower = np.minimum(peaks[ua], peaks[ub])
+        apart = lower - saddle >= absolute
+        if relative is not None:
+            apart &= saddle <= (1.0 - relative) * lower
+        keep_apart |= apart
+    merge = ~keep_apart
+    if not merge.any():
+        return labels
+    graph = coo_matrix((np.ones(int(merge.sum())), (ua[merge], ub[merge])), shape=(n + 1, n + 1))
+    _, comp = connected_components(graph, directed=False)
+    # Component ids -> consecutive labels, background stays 0.
+    lut = np.zeros(n + 1, dtype=np.int32)
+    _, first = np.unique(comp[1:], return_inverse=True)
+    lut[1:] = first + 1
+    return lut[labels]
+
+
+def segment_classical(image: np.ndarray, pixel_size_nm: float,
+                      config: ClassicalConfig | None = None, *,
+                      timings: dict[str, float] | None = None) -> np.ndarray:
+    """Segment one frame into particle instances with the classical pipeline.
+
+    Parameters
+    ----------
+    image : ndarray, shape (rows, cols)
+        Gray frame (uint8, uint16 or float). Not modified.
+    pixel_size_nm : float
+        nm per px (> 0); converts every size of ``config``.
+    config : ClassicalConfig or None
+        Settings; None: defaults.
+    timings : dict or None
+        If given, filled with milliseconds per stage: ``denoise``, ``threshold``
+        (polarity, flattening, stretch, Otsu, morphology), ``watershed``
+        (distance, markers, watershed, merging, small-object removal).
+
+    Returns
+    -------
+    ndarray of int32, shape (rows, cols)
+        0 = background, particles 1..N (consecutive).
+    """
+    px = validate_pixel_size_nm(pixel_size_nm)
+    cfg = config or ClassicalConfig()
+    t0 = time.perf_counter()
+    img = _as_float(image)
+    rows, cols = img.shape
+
+    sigma_px = cfg.smoothing_nm / px if cfg.smoothing_nm else 1.0
+    smooth = cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+    t1 = time.perf_counter()
+
+    # Polarity from the skewness after removing the slowest variations.
+    sample = smooth[::4, ::4]
+    if cfg.polarity == "auto":
+        sample_flat = sample - _blur_large(sample, max(sample.shape) / 16)
+        bright = _skewness(sample_flat) > 0
+    else:
+        bright = cfg.polarity == "bright"
+    oriented = smooth if bright else -smooth  # particles bright from here on
+
+    # First pass for the particle size (sizes background and morphology).
+    first, _ = _otsu_u8(oriented - _blur_large(oriented, max(rows, cols) / 16),
+                        *cfg.percentiles)
+    if cfg.background_nm:
+        bg_radius = cfg.background_nm / px
+    else:
+        bg_radius = max(3.0 * _estimate_diameter_px(first), 16.0)
+    bg_radius = min(bg_radius, max(rows, cols) / 2)
+    flat = oriented - _background(oriented, bg_radius, particles_bright=True)
+    # Otsu on the stretched, flattened image; then hysteresis: particles are the
+    # regions above a noise-based low threshold that reach the Otsu level (or a
+    # clear noise multiple where Otsu sits higher, e.g. a faint second family).
+    _, otsu_u8 = _otsu_u8(flat, *cfg.percentiles)
+    lo_pct, hi_pct = np.percentile(flat[::4, ::4], cfg.percentiles)
+    otsu = lo_pct + otsu_u8 / 255.0 * (hi_pct - lo_pct)
+    mode, sigma = _background_noise(flat)
+    low = mode + cfg.low_sigma * sigma
+    high = max(min(otsu, mode + cfg.high_sigma * sigma), low)
+    mask = _hysteresis(flat, low, high)
+
+    morph_px = cfg.morphology_nm / px if cfg.morphology_nm else 1.0
+    if morph_px >= 0.5:
+        k = _disk(morph_px)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)
+    if cfg.fill_holes:
+        mask = _fill_holes(mask)
+    t2 = time.perf_counter()
+
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    # Per-region normalization (the seeds'): region labels and their max distance.
+    n_regions, regions = cv2.connectedComponents(mask, connectivity=8)
+    region_max = _label_max(dist, regions, n_regions)
+    region_max[0] = 1.0
+    dist_norm = dist / region_max[regions].astype(np.float32)
+    smooth_dist = cv2.GaussianBlur(dist, (0, 0), cfg.dist_sigma_px)
+    signal = cv2.GaussianBlur(flat, (0, 0), 1.0)
+    markers = _markers(smooth_dist, signal, mask)
+    labels = _watershed_multi(dist_norm, markers, regions, n_regions)
+    labels = _merge_weak_splits(labels, smooth_dist, signal, cfg, cfg.split_sigma * sigma)
+
+    # Remove small objects (equivalent diameter under the floor).
+    min_d_px = max(cfg.min_diameter_nm / px, 2.0)
+    min_area = math.pi * min_d_px**2 / 4
+    counts = np.bincount(labels.ravel())
+    keep = counts >= min_area
+    keep[0] = False
+    lut = np.zeros(counts.size, dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    labels = lut[labels]
+    t3 = time.perf_counter()
+    if timings is not None:
+        timings["denoise"] = (t1 - t0) * 1e3
+        timings["threshold"] = (t2 - t1) * 1e3
+        timings["watershed"] = (t3 - t2) * 1e3
+    return labels
+
+
+class ClassicalSegmenter:
+    """:class:`etemlive.segment.Segmenter` running :func:`segment_classical` on the CPU."""
+
+    name = "classical"
+    device = "cpu"
+
+    def __init__(self, config: ClassicalConfig | None = None) -> None:
+        self.config = config or ClassicalConfig()
+        #: Milliseconds per stage of the last call (see :func:`segment_classical`).
+        self.last_timings: dict[str, float] = {}
+
+    def segment(self, image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+        """Instance labels (int32) of one frame; see :func:`segment_classical`."""
+        timings: dict[str, float] = {}
+        labels = segment_classical(image, pixel_size_nm, self.config, timings=timings)
+        self.last_timings = timings
+        return labels
