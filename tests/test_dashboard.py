@@ -220,6 +220,54 @@ def test_health_and_warning_lines_with_nan_stats_and_no_pixel_size():
     assert lines[-1] == "camera is slow"
 
 
+class FakeClocks:
+    """Wall and CPU clocks advanced by the test (the budget takes clocks as parameters)."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def tick(self, wall_s, cpu_s):
+        self.wall += wall_s
+        self.cpu += cpu_s
+
+
+@pytest.mark.parametrize(("cpu_per_tick", "allowed"), [(0.005, True), (0.03, False)])
+def test_cpu_budget_postpones_redraws_over_the_share(cpu_per_tick, allowed):
+    clocks = FakeClocks()
+    budget = dash.CpuBudget(0.2, window_s=1.0, clock=lambda: clocks.wall,
+                            cpu_clock=lambda: clocks.cpu)
+    answers = []
+    for _ in range(60):  # 3 s of 20 Hz ticks
+        answers.append(budget.allow())
+        clocks.tick(0.05, cpu_per_tick)
+    assert budget.share == pytest.approx(cpu_per_tick / 0.05)
+    assert all(answers[:5])  # under 0.25 s of history: always draw
+    assert all(answers[6:]) is allowed and (budget.denied == 0) is allowed
+
+
+def test_cpu_budget_recovers_after_a_busy_spell():
+    clocks = FakeClocks()
+    budget = dash.CpuBudget(0.2, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    for _ in range(20):
+        budget.allow()
+        clocks.tick(0.05, 0.05)  # 100 % busy
+    assert not budget.allow()
+    for _ in range(40):
+        clocks.tick(0.05, 0.0)  # idle ticks (no new frame, nothing recorded)
+    assert budget.allow()  # the last second was idle: draw again
+
+
+@pytest.mark.parametrize(("cores", "share"), [(1, 0.2), (2, 0.2), (4, 0.4), (16, 0.6)])
+def test_default_cpu_budget(cores, share):
+    assert dash.default_cpu_budget(cores) == pytest.approx(share)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_cpu_budget_rejects_bad_share(bad):
+    with pytest.raises(ValueError, match="positive share of a core"):
+        dash.CpuBudget(bad)
+
+
 def test_dashboard_available_needs_a_display(monkeypatch):
     monkeypatch.setattr(dash, "_broken_pyside", lambda: "")
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -353,7 +401,7 @@ def provider(sim_provider_data):
 def window(qtbot, provider):
     from etemlive.dashboard import DashboardWindow
 
-    w = DashboardWindow(provider, refresh_hz=0.0, colour_by="track")
+    w = DashboardWindow(provider, refresh_hz=0.0, colour_by="track", cpu_budget=None)
     qtbot.addWidget(w)
     w.resize(1400, 900)
     w.show()
@@ -559,12 +607,34 @@ def test_refresh_skips_redraw_when_the_frame_is_unchanged(window, provider):
     provider.index = 3
     window.refresh()
     drawn = window.overlay_item.image
+    redraws = window.redraws
     window.refresh()  # same frame_index: nothing redrawn
     assert window.overlay_item.image is drawn
+    assert window.redraws == redraws
     provider.index = 4
     window.refresh()
     assert window.overlay_item.image is not drawn
     assert window._drawn_index == 4
+
+
+@pytest.mark.qt
+@qt
+def test_display_over_its_cpu_budget_skips_frames_until_the_run_ends(window, provider):
+    clocks = FakeClocks()
+    window.cpu_budget = dash.CpuBudget(0.1, clock=lambda: clocks.wall,
+                                       cpu_clock=lambda: clocks.cpu)
+    provider.index = 1
+    window.refresh()
+    assert window._drawn_index == 1
+    clocks.tick(0.5, 0.4)  # the display thread used 80 % of a core
+    provider.index = 2
+    window.refresh()
+    assert window._drawn_index == 1 and window.throttled
+    assert "display thinned" in window.status_label.text()
+    assert "received 3" in window.health_label.text()  # counters still live
+    provider.running = False  # the final frame is always drawn
+    window.refresh()
+    assert window._drawn_index == 2
 
 
 @pytest.mark.qt
@@ -764,10 +834,18 @@ def test_real_pipeline_runs_into_the_window(qtbot, tmp_path):
     w.resize(1400, 900)
     w.show()
     qtbot.waitExposed(w)
-    summary: dict = {}
-    worker = threading.Thread(target=lambda: summary.update(pipeline.run()), daemon=True)
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            pipeline.run()
+        except BaseException as err:  # handed to the test thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     qtbot.waitUntil(lambda: not worker.is_alive(), timeout=120_000)
+    assert not failure, f"the pipeline failed (not the dashboard): {failure[0]!r}"
     last = pipeline.latest_snapshot()
     qtbot.waitUntil(lambda: w._drawn_index == last.frame_index and w.finished, timeout=5000)
     assert w.redraw_errors == 0

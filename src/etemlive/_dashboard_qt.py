@@ -115,6 +115,10 @@ class DashboardWindow(QtWidgets.QMainWindow):
         Percentiles of the frame's intensities mapped to black and white (auto contrast).
     max_selected : int
         Most particles whose growth curves are shown together.
+    cpu_budget : float, "auto" or None
+        Largest share of one core the display may use (see :class:`CpuBudget`): new
+        frames are skipped while above it, so the analysis keeps its speed. "auto":
+        :func:`default_cpu_budget` (10 % of the machine); None: no limit.
 
     Attributes
     ----------
@@ -124,6 +128,8 @@ class DashboardWindow(QtWidgets.QMainWindow):
         Track ids currently selected (growth curves, white outlines).
     redraw_errors : int
         Redraws that raised (logged, shown in the status bar; the timer keeps going).
+    redraws : int
+        Snapshots drawn so far.
     """
 
     closed = QtCore.Signal()
@@ -138,6 +144,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         max_id_labels: int = 300,
         contrast_percentiles: tuple[float, float] = (0.5, 99.5),
         max_selected: int = 6,
+        cpu_budget: float | str | None = "auto",
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -155,6 +162,11 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self.levels: tuple[float, float] | None = None
         self.selected_tracks: list[int] = []
         self.redraw_errors = 0
+        self.redraws = 0
+        if cpu_budget == "auto":
+            cpu_budget = core.default_cpu_budget()
+        self.cpu_budget = None if cpu_budget is None else core.CpuBudget(float(cpu_budget))
+        self.throttled = False
         self.finished = False
 
         self._snapshot: PipelineSnapshot | None = None  # drawn
@@ -317,7 +329,11 @@ class DashboardWindow(QtWidgets.QMainWindow):
             self._latest = snap
             self._update_health(snap)
             if not self.paused and snap.frame_index != self._drawn_index:
-                self.draw_snapshot(snap)
+                # The newest frame is drawn unless the display is over its CPU budget
+                # (then a later tick draws the then-newest frame: frames are conflated).
+                self.throttled = self.cpu_budget is not None and not self.cpu_budget.allow()
+                if not self.throttled or not running:
+                    self.draw_snapshot(snap)
             elif not self.paused and self.selected_tracks:
                 self._refresh_growth(force=False)
             self._update_status()
@@ -330,6 +346,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         """Draw one snapshot: frame, outlines, ids, scale bar, plots, events, health."""
         self._snapshot = snap
         self._drawn_index = snap.frame_index
+        self.redraws += 1
         self._draw_frame(snap)
         self._draw_plots(snap)
         self._draw_events(snap)
@@ -584,6 +601,8 @@ class DashboardWindow(QtWidgets.QMainWindow):
             text = f"paused (analysis and recording go on): newest frame {newest}"
         else:
             text = f"running: frame {newest}"
+            if self.throttled:
+                text += " (display thinned to leave the CPU to the analysis)"
         if self.redraw_errors:
             text += f"   ({self.redraw_errors} redraw errors, see log)"
         self._set_status(text)

@@ -51,6 +51,8 @@ __all__ = [
     "benchmark_refresh",
     "boundary_mask",
     "contrast_levels",
+    "CpuBudget",
+    "default_cpu_budget",
     "dashboard_available",
     "display_factor",
     "downsample_image",
@@ -651,6 +653,70 @@ def warning_lines(stats: PipelineStats) -> list[str]:
         out.append("no pixel size: sizes are in px (pass --pixel-size-nm X)")
     out.extend(w for w in stats.warnings if w not in out)
     return out
+
+
+def default_cpu_budget(n_cores: int | None = None) -> float:
+    """Share of one core the display may use by default: 10 % of the machine, 0.2 to 0.6."""
+    cores = n_cores if n_cores is not None else (os.cpu_count() or 1)
+    return float(np.clip(0.1 * cores, 0.2, 0.6))
+
+
+class CpuBudget:
+    """Keeps the display thread under a share of one core, measured (not guessed).
+
+    The dashboard shares the CPU (and the GIL) with the analysis; on a small machine
+    drawing every frame would slow the analysis down. Before each redraw the window
+    asks :meth:`allow`, which compares the display thread's CPU time over the last
+    ``window_s`` seconds (``time.thread_time``: paint included, since Qt paints on
+    this thread) with ``fraction``; above it, the redraw waits for a later tick.
+
+    Parameters
+    ----------
+    fraction : float
+        Largest share of one core (0 < fraction), e.g. 0.2 = 200 ms of CPU per second.
+    window_s : float
+        Length of the measuring window in seconds.
+    clock, cpu_clock : callable
+        Wall clock and this thread's CPU clock, in seconds.
+    """
+
+    def __init__(
+        self,
+        fraction: float,
+        *,
+        window_s: float = 1.0,
+        clock: Any = None,
+        cpu_clock: Any = None,
+    ) -> None:
+        if not (math.isfinite(fraction) and fraction > 0):
+            raise ValueError(f"cpu budget must be a positive share of a core, got {fraction!r}")
+        import time
+        from collections import deque
+
+        self.fraction = float(fraction)
+        self.window_s = float(window_s)
+        self._clock = clock or time.perf_counter
+        self._cpu_clock = cpu_clock or time.thread_time
+        self._samples: deque[tuple[float, float]] = deque()
+        self.share = 0.0  #: last measured share of a core
+        self.denied = 0  #: redraws postponed so far
+
+    def allow(self) -> bool:
+        """Record a tick; True when the thread is within budget (draw now)."""
+        now, cpu = self._clock(), self._cpu_clock()
+        samples = self._samples
+        samples.append((now, cpu))
+        while len(samples) > 2 and now - samples[1][0] >= self.window_s:
+            samples.popleft()
+        then, cpu_then = samples[0]
+        span = now - then
+        if span < 0.25 * self.window_s:
+            return True  # too short a history to judge
+        self.share = (cpu - cpu_then) / span
+        if self.share <= self.fraction:
+            return True
+        self.denied += 1
+        return False
 
 
 def _num(value: float | None, fmt: str) -> str:
