@@ -282,7 +282,7 @@ class MovieReader:
     dtype : numpy.dtype
         dtype of frame 0 after conversion (uint8, uint16 or float32).
     failed_frames : list of (int, str)
-        Frames iteration could not read, with the reason.
+        Frames the latest iteration could not read, with the reason.
     open_warnings : list of str
         Damage found at open that may hide frames the file no longer indexes.
     """
@@ -315,13 +315,24 @@ class MovieReader:
             self._open()
             if self.n_frames <= 0:
                 raise InputError(f"{self.path.name}: holds no frames (empty stack)")
-            first = self._read_image(0)
+            first_index, first = self._probe_first_frame()
+        except InputError:
+            self.close()
+            raise
+        except Exception as err:  # a parser tripping on damaged bytes, whatever its type
+            self.close()
+            what = f"{self.format} file" if self.format != "images" else "image folder"
+            raise InputError(
+                _one_line(f"{self.path.name}: not a readable {what} ({type(err).__name__}: "
+                          f"{err}); is it corrupt or truncated?")
+            ) from None
         except BaseException:
             self.close()
             raise
         self.shape = (int(first.shape[0]), int(first.shape[1]))
         self.dtype = first.dtype
-        self._first: np.ndarray | None = first  # served by read_frame(0) once
+        # Served once by read_frame(first_index), so opening costs no extra read.
+        self._first: tuple[int, np.ndarray] | None = (first_index, first)
         if user_px is not None:
             self.pixel_size_nm: float | None = user_px
             self.pixel_size_source: str | None = "user"
@@ -382,8 +393,8 @@ class MovieReader:
         if not 0 <= index < self.n_frames:
             raise IndexError(f"frame {index} out of range 0..{self.n_frames - 1}")
         received_s = time.perf_counter()
-        if index == 0 and self._first is not None:
-            image, self._first = self._first, None
+        if self._first is not None and self._first[0] == index:
+            image, self._first = self._first[1], None
         else:
             image = self._read_image(index)
         if image.shape != self.shape:
@@ -399,6 +410,21 @@ class MovieReader:
             series=self.name,
             received_s=received_s,
         )
+
+    def _probe_first_frame(self, max_tries: int = 8) -> tuple[int, np.ndarray]:
+        """Read the first readable frame (shape and dtype come from it).
+
+        A damaged frame 0 alone does not reject the movie: it is reported when
+        iterated, like any other unreadable frame.
+        """
+        first_error: InputError | None = None
+        for index in range(min(self.n_frames, max_tries)):
+            try:
+                return index, self._read_image(index)
+            except InputError as err:
+                first_error = first_error or err
+        assert first_error is not None
+        raise first_error
 
     def _read_image(self, index: int) -> np.ndarray:
         """Read and convert one frame; every failure becomes an InputError naming it."""
@@ -420,6 +446,7 @@ class MovieReader:
             raise InputError(_one_line(f"{self.name}: frame {index}: {err}")) from None
 
     def __iter__(self) -> Iterator[Frame]:
+        self.failed_frames.clear()  # failures of the latest pass
         for index in range(self.n_frames):
             try:
                 frame = self.read_frame(index)
@@ -1045,6 +1072,7 @@ class VideoMovie(MovieReader):
         return image
 
     def __iter__(self) -> Iterator[Frame]:
+        self.failed_frames.clear()
         misses = 0
         for index in range(self.n_frames):
             try:
