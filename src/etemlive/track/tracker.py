@@ -1,0 +1,1340 @@
+"""Kalman + Hungarian particle tracker with drift compensation and merge / split events.
+
+Layers (trackpy style): :class:`Tracker` is stateful and takes one frame's particle table
+at a time (live use); :func:`track_frames` is a generator over tables; :func:`link` and
+:func:`link_with_events` take a whole tidy table and return a copy with ``track_id``.
+
+One frame, in order:
+
+1. rows with NaN coordinates are set aside (``track_id`` -1, counted in ``n_dropped_nan``);
+2. every live track is predicted by the motion model (all tracks in one vectorized call);
+3. the stage drift since the previous frame is estimated (phase correlation of the images
+   when given, else the mode of detection-to-prediction displacements, refined by the
+   median displacement of the matches) and removed, so association works in a drift-free
+   frame; a drift larger than the gate is still found (the mode search spans
+   ``max_drift_nm``);
+4. gating in nm (a k-d tree), then the gated bipartite graph is cut into connected blocks;
+   1-to-1 and star blocks are solved vectorized, the others each by
+   ``scipy.optimize.linear_sum_assignment`` on a small matrix. The cost adds the squared
+   normalized distance, the size change and, when label images are given, 1 - IoU of the
+   masks;
+5. events: a track lost next to a detection that now covers it (mask overlap, or distance
+   for tables without labels) and whose area is about the sum of the parts is a ``merge``;
+   a new detection budding off a track that shrank is a ``split``; other new detections
+   ``appear``; tracks missed for more than ``max_gap_frames`` frames ``vanish`` (gap
+   closing keeps them predicted until then).
+
+Track ids start at 0, are never reused and never appear twice in one frame.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from ..errors import InputError
+from ..frames import validate_pixel_size_nm
+from .kalman import ConstantVelocityModel, MotionModel
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "TRACK_COLUMNS",
+    "TrackerConfig",
+    "TrackStep",
+    "Tracker",
+    "track_frames",
+    "link",
+    "link_with_events",
+    "solve_gated_assignment",
+]
+
+#: events.csv columns and dtypes.
+EVENT_COLUMNS: dict[str, str] = {
+    "frame": "int64",
+    "kind": "object",
+    "track_ids": "object",
+    "into_id": "int64",
+}
+
+#: tracks.csv columns and dtypes (the first eight are the output-folder contract).
+TRACK_COLUMNS: dict[str, str] = {
+    "track_id": "int64",
+    "first_frame": "int64",
+    "last_frame": "int64",
+    "n_frames": "int64",
+    "diameter_start_nm": "float64",
+    "diameter_end_nm": "float64",
+    "growth_rate_nm_per_s": "float64",
+    "fate": "object",
+    "diameter_min_nm": "float64",
+    "diameter_max_nm": "float64",
+    "merged_into": "int64",
+    "parent_ids": "object",
+    "split_from": "int64",
+}
+
+_FATE_ALIVE, _FATE_VANISHED, _FATE_MERGED = "alive", "vanished", "merged"
+_DRIFT_MODES = ("auto", "image", "matches", "none")
+
+
+_EMPTY_EVENTS = pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()})
+
+
+def _empty_events() -> pd.DataFrame:
+    return _EMPTY_EVENTS.copy(deep=False)
+
+
+def _events_frame(events: list[tuple[int, str, str, int]]) -> pd.DataFrame:
+    """events.csv rows from (frame, kind, track_ids, into_id) tuples, with the right dtypes."""
+    if not events:
+        return _empty_events()
+    frame, kind, ids, into = zip(*events, strict=True)
+    return pd.DataFrame(
+        {
+            "frame": np.array(frame, dtype=np.int64),
+            "kind": np.array(kind, dtype=object),
+            "track_ids": np.array(ids, dtype=object),
+            "into_id": np.array(into, dtype=np.int64),
+        }
+    )
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise InputError(f"TrackerConfig.{name} must be a positive finite number, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise InputError(f"TrackerConfig.{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Tracker settings, all lengths in nm and gaps in frames; validated at construction.
+
+    Parameters
+    ----------
+    gate_nm : float
+        Largest distance between a track's predicted position and a detection it may be
+        linked to, nm.
+    max_gap_frames : int
+        A track missed for up to this many frames is kept (predicted) and can be linked
+        again (gap closing); one missed for longer has vanished.
+    gate_growth_per_gap : float
+        The gate of a track missed for ``m`` frames is ``gate_nm * (1 + growth * m)``.
+    gap_cost : float
+        Added cost per frame a track has been missed.
+    size_weight : float
+        Cost of a size change: ``size_weight * |ln(d_new / d_old)|`` (diameters).
+    overlap_weight : float
+        Cost of poor mask overlap, ``overlap_weight * (1 - IoU)``; used with label images.
+    unmatched_cost : float
+        Cost of leaving a track or a detection unlinked. A link costs
+        ``(distance / gate)**2 + size + overlap`` terms, so with the default of 1 a link is
+        made whenever it costs less than leaving both ends unlinked (2).
+    drift : {"auto", "image", "matches", "none"}
+        Stage-drift estimate: phase correlation of consecutive images ("image"), the
+        displacement of matched particles ("matches"), "auto" (images when given, else
+        matches) or none.
+    max_drift_nm : float
+        Largest stage jump between two frames the displacement search looks for, nm.
+    min_drift_matches : int
+        Fewest matched particles needed to estimate drift from matches.
+    drift_change_nm_per_frame : float
+        How fast the drift velocity may change (std per frame, nm/frame); the drift from
+        matches is smoothed in time with it (a scalar Kalman filter per axis). Jumps
+        larger than the gate are taken as they come.
+    merge_overlap : float
+        Fraction (0..1) of a lost particle's previous mask that the merged particle must
+        cover to call a merge (label images given).
+    merge_area_min : float
+        A merged particle's area must be at least this fraction of the parts' summed
+        areas (projected area shrinks as a merged particle relaxes: two equal spheres
+        give 0.79); the same bound is used for splits.
+    merge_margin_nm : float
+        Without label images, a lost particle merged into a detection when their centres
+        are within the sum of their radii plus this margin, nm (the merged particle moves
+        and relaxes).
+    merge_growth_min : float
+        The particle linked to a merge product must have grown by at least this fraction
+        of the lost particles' area (a small particle vanishing next to a large one by
+        ripening is a vanish, not a merge).
+    vanish_fraction : float
+        A lost particle whose last area is below this fraction of its largest area was
+        shrinking away: its end is a vanish, never a merge.
+    split_shrink : float
+        A parent that splits keeps at most this fraction of its previous area.
+    detect_merges, detect_splits : bool
+        Turn merge / split detection on or off.
+    merge_new_id : bool
+        A merge product gets a new track id (the merged tracks all end, fate "merged");
+        False keeps the id of the track linked to it (the others merge into it).
+    """
+
+    gate_nm: float = 10.0
+    max_gap_frames: int = 5
+    gate_growth_per_gap: float = 0.5
+    gap_cost: float = 0.3
+    size_weight: float = 0.5
+    overlap_weight: float = 0.5
+    unmatched_cost: float = 1.0
+    drift: Literal["auto", "image", "matches", "none"] = "auto"
+    max_drift_nm: float = 200.0
+    min_drift_matches: int = 3
+    drift_change_nm_per_frame: float = 0.05
+    merge_overlap: float = 0.2
+    merge_area_min: float = 0.55
+    merge_margin_nm: float = 5.0
+    merge_growth_min: float = 0.25
+    vanish_fraction: float = 0.3
+    split_shrink: float = 0.85
+    detect_merges: bool = True
+    detect_splits: bool = True
+    merge_new_id: bool = True
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _non_negative("merge_margin_nm", self.merge_margin_nm)
+        for name in ("gate_nm", "unmatched_cost", "max_drift_nm"):
+            _positive(name, getattr(self, name))
+        for name in (
+            "gate_growth_per_gap",
+            "size_weight",
+            "overlap_weight",
+            "drift_change_nm_per_frame",
+        ):
+            _non_negative(name, getattr(self, name))
+        for name in ("max_gap_frames", "min_drift_matches"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+                raise InputError(f"TrackerConfig.{name} must be an integer >= 0, got {value!r}")
+        for name in (
+            "merge_overlap",
+            "merge_area_min",
+            "split_shrink",
+            "merge_growth_min",
+            "vanish_fraction",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value <= 1):
+                raise InputError(f"TrackerConfig.{name} must be between 0 and 1, got {value!r}")
+        if self.drift not in _DRIFT_MODES:
+            raise InputError(
+                f"TrackerConfig.drift must be one of {', '.join(_DRIFT_MODES)}, got {self.drift!r}"
+            )
+        if self.max_drift_nm < self.gate_nm:
+            raise InputError("TrackerConfig.max_drift_nm must be >= gate_nm")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready) of every setting; :meth:`from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
+        """Config from :meth:`to_dict` output; unknown keys raise ``InputError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown tracker setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrackStep:
+    """What :meth:`Tracker.update` returns for one frame.
+
+    Attributes
+    ----------
+    particles : DataFrame
+        A copy of the frame's particle table with ``track_id`` filled (-1 for rows with
+        NaN coordinates).
+    events : DataFrame
+        events.csv rows found at this update (``frame``, ``kind``, ``track_ids``,
+        ``into_id``). A vanish is only known ``max_gap_frames`` later, so its ``frame``
+        (first frame without the particle) can be earlier than this frame.
+    drift_nm : tuple of float
+        Cumulative stage drift (dx, dy) removed up to this frame, nm.
+    """
+
+    particles: pd.DataFrame
+    events: pd.DataFrame
+    drift_nm: tuple[float, float]
+
+
+# --------------------------------------------------------------------------------------
+# Assignment on sparse gated blocks
+# --------------------------------------------------------------------------------------
+def solve_gated_assignment(
+    n_rows: int,
+    n_cols: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    costs: np.ndarray,
+    unmatched_cost: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost partial matching on a sparse set of allowed (gated) pairs.
+
+    Minimizes ``sum(linked costs) + unmatched_cost * (unlinked rows + unlinked cols)``.
+    The bipartite graph of allowed pairs is cut into connected blocks; blocks with one
+    row or one column are solved vectorized (cheapest pair), the others with
+    ``linear_sum_assignment`` on a dense block where a missing pair costs
+    ``2 * unmatched_cost`` (leaving both ends unlinked), which is the same optimum.
+
+    Parameters
+    ----------
+    n_rows, n_cols : int
+        Numbers of rows (tracks) and columns (detections).
+    rows, cols, costs : ndarray, shape (n_pairs,)
+        The allowed pairs and their costs (no duplicates).
+    unmatched_cost : float
+        Cost of one unlinked row or column.
+
+    Returns
+    -------
+    matched_rows, matched_cols : ndarray of int
+        Linked pairs (each row and column at most once).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    costs = np.asarray(costs, dtype=float)
+    limit = 2.0 * unmatched_cost
+    keep = costs < limit
+    rows, cols, costs = rows[keep], cols[keep], costs[keep]
+    if len(rows) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    # Fast path: a pair whose row and column have no other allowed pair links directly.
+    row_deg = np.bincount(rows, minlength=n_rows)
+    col_deg = np.bincount(cols, minlength=n_cols)
+    single = (row_deg[rows] == 1) & (col_deg[cols] == 1)
+    out_r: list[np.ndarray] = [rows[single]]
+    out_c: list[np.ndarray] = [cols[single]]
+    if single.all():
+        return out_r[0], out_c[0]
+    rows, cols, costs = rows[~single], cols[~single], costs[~single]
+    n = n_rows + n_cols
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols + n_rows)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    edge_comp = comp[rows]
+    row_nodes = np.unique(rows)
+    col_nodes = np.unique(cols)
+    rows_per_comp = np.bincount(comp[row_nodes], minlength=n)
+    cols_per_comp = np.bincount(comp[col_nodes + n_rows], minlength=n)
+    star = (rows_per_comp[edge_comp] == 1) | (cols_per_comp[edge_comp] == 1)
+
+    # Star blocks (incl. 1-to-1): the cheapest pair wins, vectorized over blocks.
+    if star.any():
+        s_idx = np.flatnonzero(star)
+        order = s_idx[np.lexsort((costs[s_idx], edge_comp[s_idx]))]
+        first = np.r_[True, edge_comp[order][1:] != edge_comp[order][:-1]]
+        best = order[first]
+        out_r.append(rows[best])
+        out_c.append(cols[best])
+    # Other blocks: a small dense Hungarian each.
+    if not star.all():
+        b_idx = np.flatnonzero(~star)
+        br, bc, bcost, bcomp = rows[b_idx], cols[b_idx], costs[b_idx], edge_comp[b_idx]
+        # local row / column numbers inside each block, computed once for all blocks
+        r_u = np.unique(br)
+        c_u = np.unique(bc)
+        r_sorted = r_u[np.argsort(comp[r_u], kind="stable")]
+        c_sorted = c_u[np.argsort(comp[c_u + n_rows], kind="stable")]
+        r_comp = comp[r_sorted]
+        c_comp = comp[c_sorted + n_rows]
+        r_start = np.flatnonzero(np.r_[True, r_comp[1:] != r_comp[:-1]])
+        c_start = np.flatnonzero(np.r_[True, c_comp[1:] != c_comp[:-1]])
+        r_local = np.empty(n_rows, dtype=np.int64)
+        c_local = np.empty(n_cols, dtype=np.int64)
+        r_first = np.repeat(r_start, np.diff(np.r_[r_start, len(r_sorted)]))
+        c_first = np.repeat(c_start, np.diff(np.r_[c_start, len(c_sorted)]))
+        r_local[r_sorted] = np.arange(len(r_sorted)) - r_first
+        c_local[c_sorted] = np.arange(len(c_sorted)) - c_first
+        r_bounds = np.r_[r_start, len(r_sorted)]
+        c_bounds = np.r_[c_start, len(c_sorted)]
+        order = np.argsort(bcomp, kind="stable")
+        e_bounds = np.flatnonzero(np.r_[True, bcomp[order][1:] != bcomp[order][:-1], True])
+        # blocks come out in increasing component number for rows, columns and edges alike
+        for k, (a, b) in enumerate(zip(e_bounds[:-1], e_bounds[1:], strict=True)):
+            e = order[a:b]
+            rs = r_sorted[r_bounds[k] : r_bounds[k + 1]]
+            cs = c_sorted[c_bounds[k] : c_bounds[k + 1]]
+            block = np.full((len(rs), len(cs)), limit)
+            block[r_local[br[e]], c_local[bc[e]]] = bcost[e]
+            ri, ci = linear_sum_assignment(block)
+            ok = block[ri, ci] < limit
+            out_r.append(rs[ri[ok]])
+            out_c.append(cs[ci[ok]])
+    return np.concatenate(out_r), np.concatenate(out_c)
+
+
+def theil_sen_slope(t: np.ndarray, y: np.ndarray) -> float:
+    """Theil-Sen slope: the median of the slopes of all point pairs with distinct ``t``.
+
+    Robust to up to ~29 % outliers (a few mis-segmented frames); NaN values are ignored;
+    NaN when fewer than two distinct times remain. Vectorized over pairs, O(n^2) memory:
+    callers thin long series.
+    """
+    t = np.asarray(t, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    i, j = np.triu_indices(len(t), k=1)
+    dt = t[j] - t[i]
+    good = dt != 0
+    if not good.any():
+        return float("nan")
+    return float(np.median((y[j] - y[i])[good] / dt[good]))
+
+
+# --------------------------------------------------------------------------------------
+# Label-image overlap
+# --------------------------------------------------------------------------------------
+class _Overlap:
+    """Pixel counts of (previous label, current label) pairs after an integer shift."""
+
+    def __init__(self, prev: np.ndarray, cur: np.ndarray, shift_px: tuple[int, int]) -> None:
+        dx, dy = shift_px
+        h = min(prev.shape[0], cur.shape[0])
+        w = min(prev.shape[1], cur.shape[1])
+        # current pixel (y, x) shows what the previous frame had at (y - dy, x - dx)
+        ys_c = slice(max(0, dy), min(h, h + dy))
+        xs_c = slice(max(0, dx), min(w, w + dx))
+        ys_p = slice(max(0, -dy), min(h, h - dy))
+        xs_p = slice(max(0, -dx), min(w, w - dx))
+        a = prev[ys_p, xs_p]
+        b = cur[ys_c, xs_c]
+        both = (a > 0) & (b > 0)
+        av = a[both].astype(np.int64)
+        bv = b[both].astype(np.int64)
+        self._nb = int(cur.max()) + 1 if cur.size else 1
+        keys = av * self._nb + bv
+        self.keys, self.counts = np.unique(keys, return_counts=True)
+        self.prev_area = np.bincount(prev.ravel().astype(np.int64))
+        self.cur_area = np.bincount(cur.ravel().astype(np.int64))
+
+    def intersection(self, prev_labels: np.ndarray, cur_labels: np.ndarray) -> np.ndarray:
+        keys = prev_labels.astype(np.int64) * self._nb + cur_labels.astype(np.int64)
+        if len(self.keys) == 0:
+            return np.zeros(len(keys))
+        pos = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
+        hit = (self.keys[pos] == keys) & (prev_labels > 0) & (cur_labels > 0)
+        return np.where(hit, self.counts[pos], 0).astype(float)
+
+    def area_prev(self, labels: np.ndarray) -> np.ndarray:
+        labels = labels.astype(np.int64)
+        ok = (labels > 0) & (labels < len(self.prev_area))
+        return np.where(ok, self.prev_area[np.where(ok, labels, 0)], 0).astype(float)
+
+    def area_cur(self, labels: np.ndarray) -> np.ndarray:
+        labels = labels.astype(np.int64)
+        ok = (labels > 0) & (labels < len(self.cur_area))
+        return np.where(ok, self.cur_area[np.where(ok, labels, 0)], 0).astype(float)
+
+
+def _phase_drift_px(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
+    """Shift (dx, dy) in px of ``cur`` relative to ``prev`` (both downsampled float32), and
+    the phase-correlation peak response (0..1)."""
+    import cv2  # imported here: the tracker without images does not need OpenCV
+
+    window = cv2.createHanningWindow((cur.shape[1], cur.shape[0]), cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(prev, cur, window)
+    return float(dx), float(dy), float(response)
+
+
+def _downsample(image: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, float]:
+    """Band-passed float32 copy at most ``max_side`` px wide, and the scale factor.
+
+    The band-pass (difference of Gaussians) removes the static illumination gradient,
+    which would otherwise pull the correlation peak to zero shift, and pixel noise.
+    """
+    import cv2
+
+    img = np.asarray(image, dtype=np.float32)
+    factor = max(1.0, max(img.shape) / max_side)
+    if factor > 1:
+        size = (max(1, round(img.shape[1] / factor)), max(1, round(img.shape[0] / factor)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        factor = image.shape[1] / img.shape[1]
+    img = cv2.GaussianBlur(img, (0, 0), 1.5) - cv2.GaussianBlur(img, (0, 0), 16.0)
+    return np.ascontiguousarray(img), float(factor)
+
+
+# --------------------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------------------
+class Tracker:
+    """Stateful tracker: feed it one frame's particle table at a time with :meth:`update`.
+
+    Parameters
+    ----------
+    config : TrackerConfig, optional
+        Settings (nm, frames); defaults when None.
+    motion_model : MotionModel, optional
+        Defaults to :class:`~etemlive.track.kalman.ConstantVelocityModel` with noise scaled
+        to the gate.
+    pixel_size_nm : float
+        nm per pixel of the frames (validated: positive, finite).
+    frame_interval_s : float or None
+        Seconds between frames. None or 0: time runs in frames (``time_unit == "frame"``,
+        velocities in nm/frame, growth rates in nm/frame); say so in summary.json.
+
+    Attributes
+    ----------
+    time_unit : {"s", "frame"}
+    n_dropped_nan : int
+        Rows with NaN coordinates set aside so far.
+    n_frames : int
+        Frames processed.
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        motion_model: MotionModel | None = None,
+        *,
+        pixel_size_nm: float,
+        frame_interval_s: float | None,
+    ) -> None:
+        self.config = config if config is not None else TrackerConfig()
+        self.pixel_size_nm = validate_pixel_size_nm(pixel_size_nm)
+        fi = None if frame_interval_s is None else float(frame_interval_s)
+        if fi is not None and not math.isfinite(fi):
+            raise InputError(f"frame interval must be finite, got {frame_interval_s!r} s")
+        if fi is not None and fi < 0:
+            raise InputError(f"frame interval must be >= 0, got {fi!r} s")
+        self.frame_interval_s = fi if fi else None
+        self.time_unit: Literal["s", "frame"] = "s" if self.frame_interval_s else "frame"
+        self._dt = self.frame_interval_s if self.frame_interval_s else 1.0
+        if motion_model is None:
+            g = self.config.gate_nm
+            # Noise scaled to the gate: a particle may wander ~gate/2 per frame unmodelled
+            # (Brownian motion in liquid), while its velocity changes slowly, so a random
+            # walk is not mistaken for directed motion.
+            motion_model = ConstantVelocityModel(
+                position_noise_nm=g / 2 / math.sqrt(self._dt),
+                velocity_noise_nm_per_s=g / 20 / self._dt / math.sqrt(self._dt),
+                measurement_noise_nm=max(g / 20, 1e-3),
+                initial_speed_nm_per_s=g / 20 / self._dt,
+            )
+        self.motion_model = motion_model
+        d = motion_model.state_dim
+        # live tracks, struct of arrays (index = row in these arrays, not the id)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._x = np.zeros((0, d))
+        self._P = np.zeros((0, d, d))
+        self._pos = np.zeros((0, 2))  # last measured position, nm (drift-corrected)
+        self._diam = np.zeros(0)  # last diameter, nm
+        self._area = np.zeros(0)  # last area, nm^2
+        self._peak = np.zeros(0)  # largest area so far, nm^2
+        self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
+        self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
+        self._missed = np.zeros(0, dtype=np.int64)
+        # every track ever, indexed by id
+        self._first: list[int] = []
+        self._fate: list[str] = []
+        self._merged_into: list[int] = []
+        self._split_from: list[int] = []
+        self._parents: dict[int, list[int]] = {}
+        self._next_id = 0
+        # history chunks (one per frame) for tracks_table / track_history
+        self._hist: list[tuple[np.ndarray, ...]] = []
+        self._hist_df: pd.DataFrame | None = None
+        self._lock = threading.Lock()
+        self._drift = np.zeros(2)
+        self._drift_vel = np.zeros(2)  # nm per frame
+        self._drift_var = np.full(2, self.config.gate_nm**2)
+        self._drift_rows: list[tuple[int, float, float]] = []
+        self._last_frame: int | None = None
+        self._first_frame: int | None = None
+        self._prev_labels: np.ndarray | None = None
+        self._prev_labels_frame = -1
+        self._prev_image: np.ndarray | None = None
+        self._finished = False
+        self.n_dropped_nan = 0
+        self.n_frames = 0
+
+    # ---------------------------------------------------------------- helpers
+    def _new_ids(self, n: int, frame: int) -> np.ndarray:
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        self._next_id += n
+        self._first.extend([frame] * n)
+        self._fate.extend([_FATE_ALIVE] * n)
+        self._merged_into.extend([-1] * n)
+        self._split_from.extend([-1] * n)
+        return ids
+
+    def _drop_tracks(self, keep: np.ndarray) -> None:
+        for name in (
+            "_ids",
+            "_x",
+            "_P",
+            "_pos",
+            "_diam",
+            "_area",
+            "_peak",
+            "_label",
+            "_seen",
+            "_missed",
+        ):
+            setattr(self, name, getattr(self, name)[keep])
+
+    def _vanish(
+        self,
+        gone: np.ndarray,
+        events: list[tuple[int, str, str, int]],
+        merged: np.ndarray | None = None,
+    ) -> None:
+        """Drop the ``gone`` tracks; those not ``merged`` vanished (one event each)."""
+        vanished = gone if merged is None else gone & ~merged
+        for i in np.flatnonzero(vanished).tolist():
+            tid = int(self._ids[i])
+            self._fate[tid] = _FATE_VANISHED
+            events.append((int(self._seen[i]) + 1, "vanish", str(tid), -1))
+        if gone.any():
+            self._drop_tracks(~gone)
+
+    def _append_tracks(
+        self,
+        ids: np.ndarray,
+        pos: np.ndarray,
+        diam: np.ndarray,
+        area: np.ndarray,
+        label: np.ndarray,
+        frame: int,
+    ) -> None:
+        x, P = self.motion_model.init(pos)
+        self._ids = np.concatenate([self._ids, ids])
+        self._x = np.concatenate([self._x, x])
+        self._P = np.concatenate([self._P, P])
+        self._pos = np.concatenate([self._pos, pos])
+        self._diam = np.concatenate([self._diam, diam])
+        self._area = np.concatenate([self._area, area])
+        self._peak = np.concatenate([self._peak, area])
+        self._label = np.concatenate([self._label, label])
+        self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
+        self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
+
+    @staticmethod
+    def _column(df: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
+        if name in df.columns:
+            return df[name].to_numpy(dtype=float, na_value=np.nan)
+        return np.full(n, default)
+
+    # ---------------------------------------------------------------- drift
+    def _drift_from_image(self, image: np.ndarray | None, *, needed: bool) -> np.ndarray | None:
+        """Phase-correlation drift (nm) from the previous image to this one, or None.
+
+        With ``drift="auto"`` it is only computed when the matches cannot tell
+        (``needed``): on the simulator's movies the match estimate is the more accurate
+        (docs/benchmarks.md, tracking section).
+        """
+        if image is None or self.config.drift not in ("auto", "image"):
+            self._prev_image = None
+            return None
+        prev, self._prev_image = self._prev_image, image
+        if prev is None or prev.shape != np.shape(image):
+            return None
+        if self.config.drift == "auto" and not needed:
+            return None
+        a, factor = _downsample(prev)
+        b, _ = _downsample(image)
+        dx, dy, response = _phase_drift_px(a, b)
+        if response < 0.1:
+            return None  # no clear peak (featureless or very noisy frames)
+        return np.array([dx, dy]) * factor * self.pixel_size_nm
+
+    def _drift_mode(self, pred: np.ndarray, det: np.ndarray) -> np.ndarray:
+        """Coarse frame-to-frame displacement: the mode of detection-minus-prediction
+        vectors over near neighbours, so a stage jump larger than the gate is still found."""
+        cfg = self.config
+        if len(pred) < cfg.min_drift_matches or len(det) < cfg.min_drift_matches:
+            return np.zeros(2)
+        tree = cKDTree(pred)
+        # most detections already have a track within the gate: no jump to look for
+        near, _ = tree.query(det, k=1, distance_upper_bound=cfg.gate_nm)
+        if np.isfinite(near).sum() >= 0.5 * min(len(pred), len(det)):
+            return np.zeros(2)
+        k = min(4, len(pred))
+        dist, idx = tree.query(det, k=k, distance_upper_bound=cfg.max_drift_nm)
+        dist = np.asarray(dist).reshape(len(det), k)
+        idx = np.asarray(idx).reshape(len(det), k)
+        ok = np.isfinite(dist)
+        if not ok.any():
+            return np.zeros(2)
+        vec = det[np.nonzero(ok)[0]] - pred[idx[ok]]
+        w = cfg.gate_nm
+        cells = np.floor(vec / w + 0.5).astype(np.int64)  # cell 0 is centred on no drift
+        span = int(math.ceil(cfg.max_drift_nm / w)) + 1
+        flat = (cells[:, 0] + span) * (2 * span + 1) + (cells[:, 1] + span)
+        counts = np.bincount(flat, minlength=(2 * span + 1) ** 2)
+        best = int(np.argmax(counts))
+        zero = span * (2 * span + 1) + span
+        # move only when the best cell clearly beats "no drift"
+        if best == zero or counts[best] < max(cfg.min_drift_matches, 1.5 * counts[zero]):
+            return np.zeros(2)
+        centre = np.array([best // (2 * span + 1) - span, best % (2 * span + 1) - span]) * w
+        near = np.all(np.abs(vec - centre) <= w, axis=1)
+        return np.median(vec[near], axis=0)
+
+    # ---------------------------------------------------------------- update
+    def update(
+        self,
+        particles: pd.DataFrame,
+        *,
+        labels: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        frame: int | None = None,
+    ) -> TrackStep:
+        """Link one frame's particles to the tracks.
+
+        Parameters
+        ----------
+        particles : DataFrame
+            One frame of the particle table (``x_px``, ``y_px`` required; ``frame``,
+            ``time_s``, ``diameter_nm``, ``area_nm2``, ``label`` used when present). Not
+            modified.
+        labels : ndarray (rows, cols) of int, optional
+            The frame's label image (values in ``particles["label"]``): adds mask overlap
+            to the cost and to merge / split detection.
+        image : ndarray (rows, cols), optional
+            The raw frame, for phase-correlation drift.
+        frame : int, optional
+            Frame index when ``particles`` is empty or has no ``frame`` column (default:
+            the previous frame + 1).
+
+        Returns
+        -------
+        TrackStep
+        """
+        if self._finished:
+            raise InputError("this tracker was finished; start a new Tracker for a new movie")
+        if not isinstance(particles, pd.DataFrame):
+            raise InputError(
+                f"particles must be a pandas DataFrame, got {type(particles).__name__}"
+            )
+        missing = [c for c in ("x_px", "y_px") if c not in particles.columns]
+        if missing:
+            raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
+        cfg = self.config
+        n_rows = len(particles)
+        frame_idx = self._frame_index(particles, frame)
+        steps = 1 if self._last_frame is None else frame_idx - self._last_frame
+        prev_frame = -1 if self._last_frame is None else self._last_frame
+        self._last_frame = frame_idx
+        if self._first_frame is None:
+            self._first_frame = frame_idx
+
+        out = particles.copy()
+        track_col = np.full(n_rows, -1, dtype=np.int64)
+        xy = np.column_stack(
+            [
+                self._column(particles, "x_px", np.nan, n_rows),
+                self._column(particles, "y_px", np.nan, n_rows),
+            ]
+        )
+        valid = np.isfinite(xy).all(axis=1)
+        self.n_dropped_nan += int(n_rows - valid.sum())
+        rows = np.flatnonzero(valid)
+        det_raw = xy[rows] * self.pixel_size_nm
+        diam = self._column(particles, "diameter_nm", np.nan, n_rows)[rows]
+        area = self._column(particles, "area_nm2", np.nan, n_rows)[rows]
+        # sizes: fill whichever of diameter / area is missing from the other
+        area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
+        diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
+        if "label" in particles.columns:
+            det_label = particles["label"].to_numpy()[rows].astype(np.int64)
+        else:
+            det_label = np.zeros(len(rows), dtype=np.int64)
+        if "time_s" in particles.columns and n_rows:
+            time_s = particles["time_s"].to_numpy(dtype=float)[rows]
+        else:
+            time_s = np.full(len(rows), frame_idx * self._dt)
+
+        # 1. frames skipped since the last update count as misses; predict every live track
+        events: list[tuple[int, str, str, int]] = []
+        if steps > 1 and len(self._ids):
+            self._missed += steps - 1
+            self._vanish(self._missed > cfg.max_gap_frames, events)
+        if len(self._ids):
+            self._x, self._P = self.motion_model.predict(self._x, self._P, steps * self._dt)
+        pred = self._x[:, :2]
+
+        # 2. drift since the previous frame, nm
+        use_labels = labels is not None and "label" in particles.columns
+        prev_seen = int(np.count_nonzero(self._seen == prev_frame)) if len(self._seen) else 0
+        d_inc = self._drift_from_image(image, needed=prev_seen < max(cfg.min_drift_matches, 1))
+        drift_from_image = d_inc is not None
+        jumped = False
+        if d_inc is None:
+            if cfg.drift in ("auto", "matches"):
+                # stage drift is smooth: expect the last drift velocity, then look for a jump
+                guess = self._drift_vel * steps
+                jump = self._drift_mode(pred, det_raw - self._drift - guess)
+                jumped = bool(np.any(jump))
+                d_inc = guess + jump
+            else:
+                d_inc = np.zeros(2)
+        det = det_raw - (self._drift + d_inc)
+
+        # 3. gating and costs
+        overlap = None
+        if use_labels and self._prev_labels is not None:
+            shift = tuple(int(round(v)) for v in d_inc / self.pixel_size_nm)
+            overlap = _Overlap(self._prev_labels, np.asarray(labels), shift)
+        ti, dj, cost = self._gated_costs(pred, det, diam, det_label, overlap)
+        m_t, m_d = solve_gated_assignment(
+            len(self._ids), len(det), ti, dj, cost, cfg.unmatched_cost
+        )
+
+        # 4. drift from the matches: median displacement from the last *measured* positions
+        # (not the predictions, whose velocities would soak up a common drift), filtered
+        # in time as a slowly changing drift velocity
+        if drift_from_image:
+            self._drift_vel = d_inc / steps
+            self._drift_var[:] = 0.0
+        elif cfg.drift in ("auto", "matches"):
+            last = self._seen[m_t] == prev_frame
+            if last.sum() >= max(cfg.min_drift_matches, 1):
+                disp = (det_raw[m_d[last]] - self._drift - self._pos[m_t[last]]) / steps
+                med = np.median(disp, axis=0)
+                mad = np.median(np.abs(disp - med), axis=0) * 1.4826
+                var = (mad**2 + 1e-12) / len(disp)
+                if jumped:
+                    self._drift_vel, self._drift_var = med, var
+                else:
+                    p = self._drift_var + steps * cfg.drift_change_nm_per_frame**2
+                    gain = p / (p + var)
+                    self._drift_vel = self._drift_vel + gain * (med - self._drift_vel)
+                    self._drift_var = (1 - gain) * p
+                d_inc = self._drift_vel * steps
+                det = det_raw - (self._drift + d_inc)
+            elif jumped:
+                self._drift_vel = d_inc / steps
+        self._drift = self._drift + d_inc
+        self._drift_rows.append((frame_idx, float(self._drift[0]), float(self._drift[1])))
+
+        # 5. events
+        n_det = len(det)
+        det_track = np.full(n_det, -1, dtype=np.int64)  # track id per detection
+        det_is_new = np.zeros(n_det, dtype=bool)
+        det_track[m_d] = self._ids[m_t]
+        matched = np.zeros(len(self._ids), dtype=bool)
+        matched[m_t] = True
+        ended = np.zeros(len(self._ids), dtype=bool)  # merged away this frame
+
+        if cfg.detect_merges and len(self._ids):
+            self._find_merges(
+                frame_idx,
+                matched,
+                m_t,
+                m_d,
+                pred,
+                det,
+                diam,
+                area,
+                det_label,
+                overlap,
+                det_track,
+                det_is_new,
+                ended,
+                events,
+            )
+        unmatched_det = np.flatnonzero(det_track < 0)
+        child_of = np.full(n_det, -1, dtype=np.int64)
+        if cfg.detect_splits and len(unmatched_det) and len(m_t):
+            child_of = self._find_splits(
+                unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
+            )
+        # births (incl. split children)
+        if len(unmatched_det):
+            new_ids = self._new_ids(len(unmatched_det), frame_idx)
+            det_track[unmatched_det] = new_ids
+            det_is_new[unmatched_det] = True
+            parents = child_of[unmatched_det]
+            first_frame = frame_idx == self._first_frame
+            for tid, parent in zip(new_ids.tolist(), parents.tolist(), strict=True):
+                if parent >= 0:
+                    self._split_from[tid] = parent
+                    self._parents[tid] = [parent]
+                    events.append((frame_idx, "split", f"{parent} {tid}", -1))
+                elif not first_frame:
+                    events.append((frame_idx, "appear", str(tid), -1))
+
+        # 6. update linked tracks, age the others, drop vanished / merged ones
+        keep_m = ~ended[m_t]
+        mt, md = m_t[keep_m], m_d[keep_m]
+        if len(mt):
+            self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], det[md])
+            self._pos[mt] = det[md]
+            self._diam[mt] = diam[md]
+            self._area[mt] = area[md]
+            self._peak[mt] = np.fmax(self._peak[mt], area[md])
+            self._label[mt] = det_label[md]
+            self._seen[mt] = frame_idx
+            self._missed[mt] = 0
+        lost = ~matched & ~ended
+        self._missed[lost] += 1
+        self._vanish(lost & (self._missed > cfg.max_gap_frames) | ended, events, merged=ended)
+        new_idx = np.flatnonzero(det_is_new)
+        if len(new_idx):
+            self._append_tracks(
+                det_track[new_idx],
+                det[new_idx],
+                diam[new_idx],
+                area[new_idx],
+                det_label[new_idx],
+                frame_idx,
+            )
+
+        # 7. outputs
+        track_col[rows] = det_track
+        out["track_id"] = track_col
+        with self._lock:
+            self._hist.append(
+                (
+                    np.full(n_det, frame_idx, dtype=np.int64),
+                    det_track,
+                    time_s,
+                    diam,
+                    xy[rows, 0],
+                    xy[rows, 1],
+                )
+            )
+        if use_labels:
+            self._prev_labels = np.asarray(labels)
+            self._prev_labels_frame = frame_idx
+        else:
+            self._prev_labels = None
+        self.n_frames += 1
+        return TrackStep(out, _events_frame(events), (float(self._drift[0]), float(self._drift[1])))
+
+    def _frame_index(self, particles: pd.DataFrame, frame: int | None) -> int:
+        if "frame" in particles.columns and len(particles):
+            f = particles["frame"].to_numpy()
+            lo, hi = int(f.min()), int(f.max())
+            if lo != hi:
+                raise InputError(
+                    f"update() takes one frame's particles, got frames {lo}..{hi}; use link() for a table"
+                )
+            idx = lo
+        elif frame is not None:
+            idx = int(frame)
+        else:
+            idx = 0 if self._last_frame is None else self._last_frame + 1
+        if self._last_frame is not None and idx <= self._last_frame:
+            raise InputError(
+                f"frame {idx} arrived after frame {self._last_frame}: frames must increase"
+            )
+        return idx
+
+    def _gated_costs(
+        self,
+        pred: np.ndarray,
+        det: np.ndarray,
+        diam: np.ndarray,
+        det_label: np.ndarray,
+        overlap: _Overlap | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cfg = self.config
+        if len(pred) == 0 or len(det) == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, np.zeros(0)
+        gate = cfg.gate_nm * (1.0 + cfg.gate_growth_per_gap * self._missed)
+        pairs = cKDTree(pred).sparse_distance_matrix(
+            cKDTree(det), float(gate.max()), output_type="ndarray"
+        )
+        ti = pairs["i"].astype(np.int64)
+        dj = pairs["j"].astype(np.int64)
+        dist = pairs["v"]
+        ok = dist <= gate[ti]
+        ti, dj, dist = ti[ok], dj[ok], dist[ok]
+        # a track missed for m frames has a wider gate but pays gap_cost per missed frame,
+        # so a stale track never wins a particle from the track that saw it last frame
+        cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * self._missed[ti]
+        if cfg.size_weight:
+            with np.errstate(divide="ignore", invalid="ignore"):  # zero / NaN sizes: no term
+                ratio = diam[dj] / self._diam[ti]
+            size = np.abs(np.log(np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)))
+            cost = cost + cfg.size_weight * size
+        if overlap is not None and cfg.overlap_weight:
+            # only tracks seen in the previous frame have a mask there
+            prev_lab = np.where(self._seen[ti] == self._prev_labels_frame, self._label[ti], 0)
+            inter = overlap.intersection(prev_lab, det_label[dj])
+            union = overlap.area_prev(prev_lab) + overlap.area_cur(det_label[dj]) - inter
+            has = prev_lab > 0
+            iou = np.where(has & (union > 0), inter / np.maximum(union, 1), 0.0)
+            cost = cost + cfg.overlap_weight * np.where(has, 1.0 - iou, 0.5)
+        return ti, dj, cost
+
+    def _find_merges(
+        self,
+        frame_idx,
+        matched,
+        m_t,
+        m_d,
+        pred,
+        det,
+        diam,
+        area,
+        det_label,
+        overlap,
+        det_track,
+        det_is_new,
+        ended,
+        events,
+    ) -> None:
+        """Tracks lost this frame whose particle is now covered by a detection: merges."""
+        cfg = self.config
+        # lost in this frame, and not a particle that was shrinking away (ripening: vanish)
+        cand = np.flatnonzero(
+            ~matched & (self._missed == 0) & ~(self._area < cfg.vanish_fraction * self._peak)
+        )
+        if len(cand) == 0 or len(det) == 0:
+            return
+        r_det = diam / 2
+        r_i = self._diam[cand] / 2
+        k = min(3, len(det))
+        dist, idx = cKDTree(det).query(pred[cand], k=k)
+        dist = np.asarray(dist).reshape(len(cand), k)
+        idx = np.asarray(idx).reshape(len(cand), k)
+        ci = np.repeat(cand, k)
+        dj = np.minimum(idx.ravel(), len(det) - 1)
+        dd = dist.ravel()
+        # the two particles touched: centres within the sum of radii, plus the motion the
+        # merged particle may have made since (merge_margin_nm)
+        reach = r_det[dj] + np.repeat(r_i, k) + cfg.merge_margin_nm
+        if overlap is not None:
+            prev_lab = np.where(self._seen[ci] == self._prev_labels_frame, self._label[ci], 0)
+            inter = overlap.intersection(prev_lab, det_label[dj])
+            frac = inter / np.maximum(overlap.area_prev(prev_lab), 1)
+            ok = np.where(prev_lab > 0, frac >= cfg.merge_overlap, dd <= reach)
+        else:
+            ok = dd <= reach
+        ok &= np.isfinite(dd)
+        if not ok.any():
+            return
+        # each lost track merges into at most one detection: its nearest qualifying one
+        ci, dj, dd = ci[ok], dj[ok], dd[ok]
+        order = np.lexsort((dd, ci))
+        first = np.r_[True, ci[order][1:] != ci[order][:-1]]
+        ci, dj = ci[order][first], dj[order][first]
+        row_of_det = np.full(len(det), -1, dtype=np.int64)
+        row_of_det[m_d] = m_t
+        for j in np.unique(dj).tolist():
+            absorbed = ci[dj == j]
+            survivor = int(row_of_det[j])
+            parts = absorbed.tolist() + ([survivor] if survivor >= 0 else [])
+            if len(parts) < 2:
+                continue
+            parts_area = float(np.nansum(self._area[parts]))
+            if not area[j] >= cfg.merge_area_min * parts_area:
+                continue
+            if survivor >= 0 and not (
+                area[j]
+                >= self._area[survivor] + cfg.merge_growth_min * np.nansum(self._area[absorbed])
+            ):
+                continue  # the linked particle did not take up the lost one's matter
+            part_ids = sorted(int(self._ids[p]) for p in parts)
+            if cfg.merge_new_id or survivor < 0:
+                (into,) = self._new_ids(1, frame_idx).tolist()
+                self._parents[into] = part_ids
+                det_track[j] = into
+                det_is_new[j] = True
+                ended[parts] = True
+            else:
+                into = int(self._ids[survivor])
+                ended[absorbed] = True
+            for p in parts:
+                if ended[p]:
+                    self._fate[int(self._ids[p])] = _FATE_MERGED
+                    self._merged_into[int(self._ids[p])] = into
+            events.append((frame_idx, "merge", " ".join(map(str, part_ids)), into))
+
+    def _find_splits(
+        self, unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
+    ) -> np.ndarray:
+        """New detections budding off a linked track that shrank: split children."""
+        cfg = self.config
+        child_of = np.full(len(det), -1, dtype=np.int64)
+        live = ~ended[m_t]
+        mt, md = m_t[live], m_d[live]
+        shrank = area[md] <= cfg.split_shrink * self._area[mt]
+        mt, md = mt[shrank], md[shrank]
+        if len(mt) == 0:
+            return child_of
+        k = min(2, len(mt))
+        dist, idx = cKDTree(self._pos[mt]).query(det[unmatched_det], k=k)
+        dist = np.asarray(dist).reshape(len(unmatched_det), k)
+        idx = np.asarray(idx).reshape(len(unmatched_det), k)
+        for col in range(k):  # k <= 2: not a loop over particles
+            u = unmatched_det
+            p = mt[idx[:, col]]
+            j = md[idx[:, col]]
+            near = dist[:, col] <= self._diam[p] / 2 + diam[u] / 2
+            total = area[u] + area[j] >= cfg.merge_area_min * self._area[p]
+            ok = near & total & (child_of[u] < 0)
+            if overlap is not None:
+                prev_lab = np.where(self._seen[p] == self._prev_labels_frame, self._label[p], 0)
+                inter = overlap.intersection(prev_lab, det_label[u])
+                frac = inter / np.maximum(overlap.area_cur(det_label[u]), 1)
+                ok &= (prev_lab == 0) | (frac >= cfg.merge_overlap)
+            child_of[u[ok]] = self._ids[p[ok]]
+        return child_of
+
+    # ---------------------------------------------------------------- end and tables
+    def finish(self) -> pd.DataFrame:
+        """End of the movie: tracks still missing have vanished; the rest stay alive.
+
+        Returns the events found now (vanish rows), possibly empty.
+        """
+        events = []
+        if not self._finished:
+            lost = np.flatnonzero(self._missed > 0)
+            for i in lost.tolist():
+                tid = int(self._ids[i])
+                self._fate[tid] = _FATE_VANISHED
+                events.append((int(self._seen[i]) + 1, "vanish", str(tid), -1))
+            self._finished = True
+        return _events_frame(events)
+
+    def _history(self) -> pd.DataFrame:
+        with self._lock:
+            if self._hist:
+                parts = [np.concatenate(c) for c in zip(*self._hist, strict=True)]
+                new = pd.DataFrame(
+                    dict(
+                        zip(
+                            ("frame", "track_id", "time_s", "diameter_nm", "x_px", "y_px"),
+                            parts,
+                            strict=True,
+                        )
+                    )
+                )
+                self._hist = []
+                self._hist_df = (
+                    new
+                    if self._hist_df is None
+                    else pd.concat([self._hist_df, new], ignore_index=True)
+                )
+            if self._hist_df is None:
+                self._hist_df = pd.DataFrame(
+                    {
+                        "frame": pd.Series(dtype="int64"),
+                        "track_id": pd.Series(dtype="int64"),
+                        "time_s": pd.Series(dtype="float64"),
+                        "diameter_nm": pd.Series(dtype="float64"),
+                        "x_px": pd.Series(dtype="float64"),
+                        "y_px": pd.Series(dtype="float64"),
+                    }
+                )
+            return self._hist_df
+
+    def track_history(self, track_id: int) -> pd.DataFrame:
+        """One track's rows: ``frame``, ``time_s``, ``diameter_nm``, ``x_px``, ``y_px``
+        (a growth curve). Thread-safe; empty for an unknown id."""
+        h = self._history()
+        return h.loc[
+            h["track_id"] == int(track_id), ["frame", "time_s", "diameter_nm", "x_px", "y_px"]
+        ].reset_index(drop=True)
+
+    def drift_table(self) -> pd.DataFrame:
+        """drift.csv: ``frame``, ``dx_nm``, ``dy_nm`` (cumulative drift removed)."""
+        return pd.DataFrame(self._drift_rows, columns=["frame", "dx_nm", "dy_nm"]).astype(
+            {"frame": "int64", "dx_nm": "float64", "dy_nm": "float64"}
+        )
+
+    def tracks_table(self) -> pd.DataFrame:
+        """tracks.csv: one row per track (see :data:`TRACK_COLUMNS`).
+
+        ``growth_rate_nm_per_s`` is the Theil-Sen slope of diameter against time (nm per
+        frame when ``time_unit == "frame"``; NaN for a single-frame track).
+        """
+        h = self._history()
+        h = h[h["track_id"] >= 0]
+        if len(h) == 0:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACK_COLUMNS.items()})
+        h = h.sort_values(["track_id", "frame"], kind="stable")
+        tid = h["track_id"].to_numpy()
+        t = (
+            h["time_s"].to_numpy(dtype=float)
+            if self.time_unit == "s"
+            else h["frame"].to_numpy(dtype=float)
+        )
+        d = h["diameter_nm"].to_numpy(dtype=float)
+        f = h["frame"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        ends = np.r_[starts[1:], len(tid)]
+        ids = tid[starts]
+        rate = np.full(len(ids), np.nan)
+        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if b - a < 2:
+                continue
+            sel = np.arange(a, b)
+            if len(sel) > 200:  # Theil-Sen is O(n^2): thin long tracks evenly
+                sel = sel[np.linspace(0, len(sel) - 1, 200).astype(int)]
+            rate[k] = theil_sen_slope(t[sel], d[sel])
+        dmin = np.fmin.reduceat(d, starts)
+        dmax = np.fmax.reduceat(d, starts)
+        table = pd.DataFrame(
+            {
+                "track_id": ids,
+                "first_frame": f[starts],
+                "last_frame": f[ends - 1],
+                "n_frames": ends - starts,
+                "diameter_start_nm": d[starts],
+                "diameter_end_nm": d[ends - 1],
+                "growth_rate_nm_per_s": rate,
+                "fate": [self._fate[i] for i in ids.tolist()],
+                "diameter_min_nm": dmin,
+                "diameter_max_nm": dmax,
+                "merged_into": [self._merged_into[i] for i in ids.tolist()],
+                "parent_ids": [" ".join(map(str, self._parents.get(i, []))) for i in ids.tolist()],
+                "split_from": [self._split_from[i] for i in ids.tolist()],
+            }
+        )
+        return table.astype(TRACK_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------
+# Generator and batch layers
+# --------------------------------------------------------------------------------------
+def track_frames(
+    tables: Iterable[pd.DataFrame],
+    *,
+    pixel_size_nm: float,
+    frame_interval_s: float | None,
+    config: TrackerConfig | None = None,
+    motion_model: MotionModel | None = None,
+    labels: Iterable[np.ndarray | None] | None = None,
+    images: Iterable[np.ndarray | None] | None = None,
+    tracker: Tracker | None = None,
+) -> Iterator[TrackStep]:
+    """Track an iterable of per-frame particle tables, yielding one :class:`TrackStep` each.
+
+    After the last table, if ending the tracks produced events (vanishings), one more step
+    with an empty particle table carries them. Pass ``tracker`` to keep access to it
+    (``tracks_table()``, ``drift_table()``) afterwards.
+    """
+    tr = tracker or Tracker(
+        config, motion_model, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+    )
+    lab_it = iter(labels) if labels is not None else None
+    img_it = iter(images) if images is not None else None
+    last: pd.DataFrame | None = None
+    for table in tables:
+        lab = next(lab_it, None) if lab_it is not None else None
+        img = next(img_it, None) if img_it is not None else None
+        step = tr.update(table, labels=lab, image=img)
+        last = step.particles
+        yield step
+    end = tr.finish()
+    if len(end):
+        empty = last.iloc[:0] if last is not None else pd.DataFrame()
+        yield TrackStep(empty, end, (float(tr._drift[0]), float(tr._drift[1])))
+
+
+def link_with_events(
+    table: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    frame_interval_s: float | None,
+    config: TrackerConfig | None = None,
+    motion_model: MotionModel | None = None,
+    labels: Sequence[np.ndarray] | np.ndarray | None = None,
+    images: Sequence[np.ndarray] | np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Track a whole particle table (all frames) offline.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Tidy particle table with ``frame``, ``x_px``, ``y_px`` (and the optional columns
+        :meth:`Tracker.update` uses). Not modified.
+    pixel_size_nm, frame_interval_s, config, motion_model
+        As for :class:`Tracker`.
+    labels, images : sequence indexed by frame number, optional
+        Label images / raw frames (e.g. a (T, rows, cols) array).
+
+    Returns
+    -------
+    particles : DataFrame
+        A copy of ``table`` (same index and row order) with ``track_id`` filled.
+    events : DataFrame
+        events.csv rows, sorted by frame.
+    tracks : DataFrame
+        tracks.csv rows.
+    """
+    if "frame" not in table.columns:
+        raise InputError("particle table lacks column 'frame'")
+    tr = Tracker(
+        config, motion_model, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+    )
+    frames = table["frame"].to_numpy()
+    if len(frames) and not np.issubdtype(frames.dtype, np.integer):
+        if not np.all(np.isfinite(frames.astype(float))):
+            raise InputError("column 'frame' has missing values")
+        frames = frames.astype(np.int64)
+    order = np.argsort(frames, kind="stable")
+    sorted_frames = frames[order]
+    bounds = (
+        np.flatnonzero(np.r_[True, sorted_frames[1:] != sorted_frames[:-1], True])
+        if len(order)
+        else np.zeros(1, int)
+    )
+    track_id = np.full(len(table), -1, dtype=np.int64)
+    event_parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        pos = order[a:b]
+        f = int(sorted_frames[a])
+        lab = labels[f] if labels is not None else None
+        img = images[f] if images is not None else None
+        step = tr.update(table.iloc[pos], labels=lab, image=img, frame=f)
+        track_id[pos] = step.particles["track_id"].to_numpy()
+        if len(step.events):
+            event_parts.append(step.events)
+    end = tr.finish()
+    if len(end):
+        event_parts.append(end)
+    out = table.copy()
+    out["track_id"] = track_id
+    events = (
+        pd.concat(event_parts, ignore_index=True)
+        .sort_values("frame", kind="stable")
+        .reset_index(drop=True)
+        if event_parts
+        else _empty_events()
+    )
+    return out, events.astype(EVENT_COLUMNS), tr.tracks_table()
+
+
+def link(
+    table: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    frame_interval_s: float | None,
+    config: TrackerConfig | None = None,
+    motion_model: MotionModel | None = None,
+    labels: Sequence[np.ndarray] | np.ndarray | None = None,
+    images: Sequence[np.ndarray] | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """A copy of ``table`` with ``track_id`` filled (see :func:`link_with_events`)."""
+    return link_with_events(
+        table,
+        pixel_size_nm=pixel_size_nm,
+        frame_interval_s=frame_interval_s,
+        config=config,
+        motion_model=motion_model,
+        labels=labels,
+        images=images,
+    )[0]

@@ -1,0 +1,548 @@
+"""Tracker and evaluation: analytic scenes whose right answer is known.
+
+Track ids are compared independently of their numbering (a one-to-one map between truth
+and track ids must exist); every test also checks that no id appears twice in a frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from etemlive.errors import CalibrationError, InputError
+from etemlive.track import (
+    EVENT_COLUMNS,
+    TRACK_COLUMNS,
+    NoMotionModel,
+    Tracker,
+    TrackerConfig,
+    link,
+    link_with_events,
+    solve_gated_assignment,
+    track_frames,
+)
+from etemlive.track.evaluate import (
+    evaluate_tracking,
+    match_detections,
+    merge_event_scores,
+    mot_metrics,
+)
+from etemlive.track.tracker import theil_sen_slope
+
+PX_NM = 1.0  # 1 nm per px keeps the scenes readable
+
+
+def scene(rows: list[tuple[int, int, float, float, float]]) -> pd.DataFrame:
+    """Particle table from (frame, truth, x_px, y_px, diameter_nm) rows."""
+    f, t, x, y, d = (np.array(c) for c in zip(*rows, strict=True))
+    d = d.astype(float)
+    return pd.DataFrame(
+        {
+            "frame": f.astype(np.int64),
+            "time_s": f * 0.5,
+            "track_id": -1,
+            "label": t.astype(np.int64) + 1,
+            "x_px": x.astype(float),
+            "y_px": y.astype(float),
+            "diameter_nm": d,
+            "area_nm2": math.pi / 4 * d**2,
+            "truth": t.astype(np.int64),
+        }
+    )
+
+
+def assert_same_partition(table: pd.DataFrame, truth_col: str = "truth") -> None:
+    """Each truth id has one track id and vice versa (numbering ignored)."""
+    pairs = table[[truth_col, "track_id"]].drop_duplicates()
+    assert pairs[truth_col].is_unique, pairs.sort_values(truth_col)
+    assert pairs["track_id"].is_unique, pairs.sort_values("track_id")
+
+
+def assert_no_id_twice_per_frame(table: pd.DataFrame) -> None:
+    tracked = table[table["track_id"] >= 0]
+    assert not tracked.duplicated(["frame", "track_id"]).any()
+
+
+def disk_labels(shape, particles) -> np.ndarray:
+    """Label image with disks (x, y, diameter_px, label)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, dtype=np.int32)
+    for x, y, d, lab in particles:
+        out[(xx - x) ** 2 + (yy - y) ** 2 <= (d / 2) ** 2] = lab
+    return out
+
+
+# ------------------------------------------------------------------ scenes
+def merging_scene():
+    """A and B approach at 2 px/frame and fuse at frame 8 into one particle of summed
+    volume (diameter 10 * 2**(1/3)); a third particle C stays away."""
+    rows = []
+    for f in range(8):
+        rows += [(f, 0, 20 + 2 * f, 50, 10.0), (f, 1, 60 - 2 * f, 50, 10.0), (f, 2, 40, 10, 8.0)]
+    for f in range(8, 14):
+        rows += [(f, 3, 40, 50, 10 * 2 ** (1 / 3)), (f, 2, 40, 10, 8.0)]
+    return scene(rows)
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_two_particles_approach_and_merge(with_labels):
+    tab = merging_scene()
+    labels = None
+    if with_labels:
+        labels = np.stack(
+            [
+                disk_labels((64, 80), g[["x_px", "y_px", "diameter_nm", "label"]].to_numpy())
+                for _, g in tab.groupby("frame")
+            ]
+        )
+    out, events, tracks = link_with_events(
+        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, labels=labels
+    )
+    assert_same_partition(out)
+    assert_no_id_twice_per_frame(out)
+    ids = out.groupby("truth")["track_id"].first()
+    merges = events[events["kind"] == "merge"]
+    assert len(merges) == 1
+    m = merges.iloc[0]
+    assert m["frame"] == 8
+    assert set(map(int, m["track_ids"].split())) == {ids[0], ids[1]}
+    assert m["into_id"] == ids[3]
+    fate = tracks.set_index("track_id")
+    assert fate.loc[ids[0], "fate"] == "merged" and fate.loc[ids[1], "fate"] == "merged"
+    assert fate.loc[ids[0], "merged_into"] == ids[3]
+    assert set(map(int, fate.loc[ids[3], "parent_ids"].split())) == {ids[0], ids[1]}
+    assert fate.loc[ids[3], "fate"] == "alive"
+    assert set(events["kind"]) == {"merge"}  # no appear / vanish around a merge
+
+
+def test_merge_keeping_the_survivor_id():
+    tab = merging_scene()
+    out, events, tracks = link_with_events(
+        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, config=TrackerConfig(merge_new_id=False)
+    )
+    m = events[events["kind"] == "merge"].iloc[0]
+    survivor = out.loc[out["truth"] == 3, "track_id"].iloc[0]
+    assert m["into_id"] == survivor
+    assert survivor in set(map(int, m["track_ids"].split()))
+    fate = tracks.set_index("track_id")["fate"]
+    assert (fate == "merged").sum() == 1
+
+
+def test_particle_shrinking_to_zero_vanishes_not_merges():
+    # a small particle shrinks away 9 nm from a large one (ripening), then is gone
+    rows = []
+    diam = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    for f in range(10):
+        rows.append((f, 0, 30.0, 30.0, 14.0 + 0.2 * f))
+        if f < len(diam):
+            rows.append((f, 1, 46.0, 30.0, diam[f]))
+    tab = scene(rows)
+    out, events, tracks = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_same_partition(out)
+    small = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+    assert events["kind"].tolist() == ["vanish"]
+    assert events["track_ids"].tolist() == [str(small)] and events["frame"].tolist() == [6]
+    row = tracks.set_index("track_id").loc[small]
+    assert row["fate"] == "vanished"
+    assert row["diameter_end_nm"] == 1.0 and row["diameter_start_nm"] == 6.0
+    assert row["growth_rate_nm_per_s"] == pytest.approx(-2.0)  # -1 nm per 0.5 s frame
+    big = tracks.set_index("track_id").loc[out.loc[out["truth"] == 0, "track_id"].iloc[0]]
+    assert big["growth_rate_nm_per_s"] == pytest.approx(0.4)
+    assert big["fate"] == "alive" and big["n_frames"] == 10
+
+
+def test_crossing_keeps_identities_with_the_kalman_model():
+    # A moves right along y=40, B moves down along x=40; they pass 4 px apart
+    rows = []
+    for f in range(16):
+        rows.append((f, 0, 4 + 5 * f, 40.0, 2.0))
+        rows.append((f, 1, 44.0, 4 + 5 * f, 2.0))
+    tab = scene(rows)
+    out = link(tab, pixel_size_nm=PX_NM, frame_interval_s=1.0, config=TrackerConfig(gate_nm=6.0))
+    assert_same_partition(out)
+    assert_no_id_twice_per_frame(out)
+    assert out["track_id"].nunique() == 2
+
+
+def test_missed_detection_for_two_frames_keeps_the_id():
+    rows = []
+    for f in range(12):
+        if f not in (5, 6):
+            rows.append((f, 0, 10 + 3 * f, 20.0, 5.0))
+        rows.append((f, 1, 80.0, 80.0, 5.0))
+    tab = scene(rows)
+    out, events, _ = link_with_events(
+        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, config=TrackerConfig(max_gap_frames=2)
+    )
+    assert_same_partition(out)
+    assert len(events) == 0
+
+
+def test_a_gap_longer_than_max_gap_is_a_new_track():
+    rows = [(f, 0, 20.0, 20.0, 5.0) for f in range(12) if f not in (4, 5, 6)]
+    out, events, tracks = link_with_events(
+        scene(rows),
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2),
+    )
+    assert out["track_id"].nunique() == 2
+    assert events["kind"].tolist() == ["vanish", "appear"]
+    assert events["frame"].tolist() == [4, 7]
+    assert sorted(tracks["fate"]) == ["alive", "vanished"]
+
+
+def _drifting_scene(step_px: tuple[float, float], n_frames: int = 10, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 400, (25, 2))
+    rows = []
+    for f in range(n_frames):
+        pos = base + rng.normal(0, 0.3, base.shape) + np.array(step_px) * f
+        rows += [(f, i, x, y, 6.0) for i, (x, y) in enumerate(pos)]
+    return scene(rows)
+
+
+def test_drift_of_30_px_per_frame_is_removed():
+    tab = _drifting_scene((30.0, -10.0))
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)  # gate 10 nm << 30 px jumps
+    steps = [tr.update(g) for _, g in tab.groupby("frame")]
+    out = pd.concat([s.particles for s in steps])
+    assert_same_partition(out)
+    assert out["track_id"].nunique() == 25
+    dx, dy = steps[-1].drift_nm
+    assert dx == pytest.approx(30.0 * 9, abs=1.0) and dy == pytest.approx(-10.0 * 9, abs=1.0)
+    drift = tr.drift_table()
+    assert list(drift.columns) == ["frame", "dx_nm", "dy_nm"]
+    np.testing.assert_allclose(drift["dx_nm"], 30.0 * np.arange(10), atol=1.0)
+
+
+def test_single_huge_jump_is_followed():
+    tab = _drifting_scene((0.0, 0.0))
+    jump = tab["frame"] >= 5
+    tab.loc[jump, "x_px"] += 120.0  # a stage jump 12x the gate
+    out, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_same_partition(out)
+    assert len(events) == 0
+
+
+def test_phase_correlation_drift_from_images():
+    rng = np.random.default_rng(0)
+    texture = rng.normal(100, 10, (300, 300)).astype(np.float32)
+    import cv2
+
+    texture = cv2.GaussianBlur(texture, (0, 0), 2.0)
+    images = [np.roll(texture, (0, 7 * f), axis=(0, 1))[50:250, 50:250] for f in range(4)]
+    tr = Tracker(TrackerConfig(drift="image"), pixel_size_nm=0.5, frame_interval_s=1.0)
+    empty = scene([(0, 0, 1.0, 1.0, 1.0)]).iloc[:0]
+    steps = [tr.update(empty, image=img, frame=f) for f, img in enumerate(images)]
+    # content moves +7 px in x per frame = +3.5 nm
+    assert steps[-1].drift_nm[0] == pytest.approx(3 * 3.5, abs=0.3)
+    assert steps[-1].drift_nm[1] == pytest.approx(0.0, abs=0.3)
+
+
+def test_no_motion_model_run():
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0, 300, (30, 2))
+    rows = []
+    for f in range(8):
+        pos = base + rng.normal(0, 0.5, base.shape)
+        rows += [(f, i, x, y, 5.0) for i, (x, y) in enumerate(pos)]
+    out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5, motion_model=NoMotionModel())
+    assert_same_partition(out)
+    assert out["track_id"].nunique() == 30
+
+
+def test_split_event():
+    rows = []
+    for f in range(5):
+        rows.append((f, 0, 40.0, 40.0, 12.0))
+    for f in range(5, 9):
+        rows.append((f, 0, 37.0, 40.0, 12.0 / math.sqrt(2)))
+        rows.append((f, 1, 44.0, 40.0, 12.0 / math.sqrt(2)))
+    out, events, tracks = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    parent = out.loc[(out["truth"] == 0), "track_id"].iloc[0]
+    child = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+    assert events["kind"].tolist() == ["split"]
+    assert events["track_ids"].iloc[0] == f"{parent} {child}"
+    assert tracks.set_index("track_id").loc[child, "split_from"] == parent
+
+
+def test_link_does_not_modify_its_input_and_keeps_its_index():
+    tab = merging_scene()
+    tab.index = tab.index[::-1] + 100
+    before = tab.copy()
+    out = link(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    pd.testing.assert_frame_equal(tab, before)
+    assert out.index.equals(tab.index)
+    assert (out["track_id"] >= 0).all()
+
+
+def test_empty_frames_and_gaps():
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    a = scene([(0, 0, 10.0, 10.0, 5.0)])
+    s0 = tr.update(a)
+    s1 = tr.update(a.iloc[:0], frame=1)
+    assert len(s1.particles) == 0 and list(s1.events.columns) == list(EVENT_COLUMNS)
+    s2 = tr.update(scene([(2, 0, 10.5, 10.0, 5.0)]))
+    assert s2.particles["track_id"].iloc[0] == s0.particles["track_id"].iloc[0]
+    assert len(tr.finish()) == 0
+    tracks = tr.tracks_table()
+    assert list(tracks.columns) == list(TRACK_COLUMNS)
+    assert tracks["n_frames"].tolist() == [2]
+
+
+def test_empty_tracker_tables_have_their_columns():
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=None)
+    assert list(tr.tracks_table().columns) == list(TRACK_COLUMNS)
+    assert len(tr.finish()) == 0
+    out, events, tracks = link_with_events(
+        scene([(0, 0, 1.0, 1.0, 1.0)]).iloc[:0], pixel_size_nm=PX_NM, frame_interval_s=1.0
+    )
+    assert len(out) == 0 and len(events) == 0 and len(tracks) == 0
+
+
+@pytest.mark.parametrize("interval", [None, 0, 0.0])
+def test_missing_frame_interval_runs_in_frame_units(interval):
+    rows = [(f, 0, 10.0 + f, 10.0, 5.0 + f) for f in range(5)]
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=interval)
+    assert tr.time_unit == "frame"
+    for _, g in scene(rows).groupby("frame"):
+        tr.update(g.drop(columns="time_s"))
+    assert tr.tracks_table()["growth_rate_nm_per_s"].iloc[0] == pytest.approx(1.0)
+
+
+def test_nan_coordinates_are_dropped_and_counted():
+    tab = merging_scene()
+    tab.loc[[3, 10], "x_px"] = np.nan
+    out = link(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert (out.loc[[3, 10], "track_id"] == -1).all()
+    assert (out.drop(index=[3, 10])["track_id"] >= 0).all()
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    tr.update(tab[tab["frame"] == 0])
+    tr.update(tab[tab["frame"] == 1])
+    assert tr.n_dropped_nan == 1
+
+
+def test_no_id_is_ever_reused():
+    rng = np.random.default_rng(2)
+    rows = []
+    for f in range(30):  # particles blink in and out at random
+        for i in range(15):
+            if rng.random() < 0.7:
+                rows.append((f, i, 30.0 * i, 50.0, 5.0))
+    out, events, tracks = link_with_events(
+        scene(rows),
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=1),
+    )
+    assert_no_id_twice_per_frame(out)
+    spans = out.groupby("track_id")["frame"].agg(["min", "max"])
+    for i, truth in out.groupby("truth"):
+        ids = truth.drop_duplicates("track_id")["track_id"].tolist()
+        # the ids of one particle's successive tracks never overlap in time
+        s = spans.loc[ids].sort_values("min")
+        assert (s["min"].to_numpy()[1:] > s["max"].to_numpy()[:-1]).all(), i
+    assert tracks["track_id"].is_unique
+
+
+def test_update_rejects_bad_input():
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    with pytest.raises(InputError, match="lacks column"):
+        tr.update(pd.DataFrame({"x_px": [1.0]}))
+    with pytest.raises(InputError, match="one frame's particles"):
+        tr.update(merging_scene())
+    tr.update(scene([(3, 0, 1.0, 1.0, 1.0)]))
+    with pytest.raises(InputError, match="frames must increase"):
+        tr.update(scene([(2, 0, 1.0, 1.0, 1.0)]))
+    with pytest.raises(CalibrationError):
+        Tracker(pixel_size_nm=0.0, frame_interval_s=1.0)
+    with pytest.raises(InputError, match="frame interval"):
+        Tracker(pixel_size_nm=1.0, frame_interval_s=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"gate_nm": 0}, "gate_nm"),
+        ({"gate_nm": float("inf")}, "gate_nm"),
+        ({"max_gap_frames": -1}, "max_gap_frames"),
+        ({"max_gap_frames": 1.5}, "max_gap_frames"),
+        ({"merge_overlap": 1.5}, "merge_overlap"),
+        ({"drift": "magic"}, "drift"),
+        ({"size_weight": -0.1}, "size_weight"),
+        ({"gate_nm": 50.0, "max_drift_nm": 10.0}, "max_drift_nm"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        TrackerConfig(**kwargs)
+
+
+def test_config_round_trip():
+    cfg = TrackerConfig(gate_nm=7.5, max_gap_frames=4, drift="none")
+    assert TrackerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="unknown tracker setting"):
+        TrackerConfig.from_dict({**cfg.to_dict(), "gate_px": 3})
+
+
+def test_track_frames_generator_and_history():
+    tab = merging_scene()
+    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    steps = list(
+        track_frames(
+            (g for _, g in tab.groupby("frame")),
+            pixel_size_nm=PX_NM,
+            frame_interval_s=0.5,
+            tracker=tr,
+        )
+    )
+    assert len(steps) == tab["frame"].nunique()  # nothing left to report at the end
+    merged = steps[8].particles.loc[steps[8].particles["truth"] == 3, "track_id"].iloc[0]
+    hist = tr.track_history(int(merged))
+    assert hist["frame"].tolist() == list(range(8, 14))
+    assert np.allclose(hist["diameter_nm"], 10 * 2 ** (1 / 3))
+    assert len(tr.track_history(9999)) == 0
+
+
+# ------------------------------------------------------------------ assignment
+@pytest.mark.parametrize("seed", range(6))
+def test_gated_assignment_is_optimal(seed):
+    rng = np.random.default_rng(seed)
+    n_r, n_c = 7, 6
+    dense = rng.uniform(0, 2.5, (n_r, n_c))
+    allowed = rng.random((n_r, n_c)) < 0.35
+    r, c = np.nonzero(allowed)
+    u = 1.0
+    mr, mc = solve_gated_assignment(n_r, n_c, r, c, dense[r, c], u)
+    assert len(set(mr)) == len(mr) and len(set(mc)) == len(mc)
+    assert allowed[mr, mc].all()
+    got = dense[mr, mc].sum() + u * (n_r - len(mr) + n_c - len(mc))
+    # independent optimum: the classic augmented (n_r + n_c) square problem
+    big = 1e6
+    aug = np.full((n_r + n_c, n_c + n_r), big)
+    aug[:n_r, :n_c] = np.where(allowed, dense, big)
+    aug[:n_r, n_c:] = np.where(np.eye(n_r, dtype=bool), u, big)
+    aug[n_r:, :n_c] = np.where(np.eye(n_c, dtype=bool), u, big)
+    aug[n_r:, n_c:] = 0.0
+    ri, ci = linear_sum_assignment(aug)
+    assert got == pytest.approx(aug[ri, ci].sum())
+
+
+def test_theil_sen_ignores_an_outlier():
+    t = np.arange(10.0)
+    y = 2 * t + 1
+    y[4] = 100.0
+    assert theil_sen_slope(t, y) == pytest.approx(2.0)
+    assert math.isnan(theil_sen_slope([1.0], [1.0]))
+
+
+# ------------------------------------------------------------------ evaluation
+def _truth_and_pred():
+    # two truths over 4 frames; the prediction swaps its id for truth 1 at frame 2
+    truth = pd.DataFrame(
+        {
+            "frame": [0, 1, 2, 3] * 2,
+            "truth_id": [0] * 4 + [1] * 4,
+            "x_px": [0.0] * 4 + [50.0] * 4,
+            "y_px": 0.0,
+        }
+    )
+    pred = truth.rename(columns={"truth_id": "track_id"}).copy()
+    pred.loc[(pred["track_id"] == 1) & (pred["frame"] >= 2), "track_id"] = 7
+    return truth, pred
+
+
+def test_mot_metrics_on_a_known_case():
+    truth, pred = _truth_and_pred()
+    s = mot_metrics(pred, truth, radius_px=2.0)
+    assert s.id_switches == 1 and s.false_positives == 0 and s.misses == 0
+    assert s.mota == pytest.approx(1 - 1 / 8)
+    # best id pairing: 0<->0 (4 frames) and 1<->1 or 1<->7 (2 frames): IDTP 6 of 8
+    assert s.idf1 == pytest.approx(6 / 8)
+    # a missed and a false detection
+    pred2 = pred.copy()
+    pred2.loc[0, "x_px"] = 20.0
+    s2 = mot_metrics(pred2, truth, radius_px=2.0)
+    assert s2.misses == 1 and s2.false_positives == 1
+    assert s2.mota == pytest.approx(1 - 3 / 8)
+
+
+def test_merge_event_scores():
+    truth, pred = _truth_and_pred()
+    matches = match_detections(pred, truth, radius_px=2.0)
+    tev = pd.DataFrame(
+        {"frame": [3, 10], "kind": ["merge", "merge"], "ids": ["0 1", "4 5"], "into_id": [9, 6]}
+    )
+    pev = pd.DataFrame(
+        {
+            "frame": [4, 3],
+            "kind": ["merge", "merge"],
+            "track_ids": ["0 7", "0 5"],
+            "into_id": [8, 9],
+        }
+    )
+    m = merge_event_scores(pev, tev, matches)
+    assert m["true_positives"] == 1 and m["n_pred"] == 2 and m["n_truth"] == 2
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
+    # with the truth detections, the merge of never-seen particles 4 and 5 is not scored
+    m2 = merge_event_scores(pev, tev, matches, truth=truth)
+    assert m2["n_truth"] == 1 and m2["recall"] == 1.0
+
+
+def test_evaluate_tracking_perfect_on_the_merge_scene():
+    tab = merging_scene()
+    out, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    truth = tab.rename(columns={"truth": "truth_id"})
+    tev = pd.DataFrame({"frame": [8], "kind": ["merge"], "ids": ["0 1"], "into_id": [3]})
+    r = evaluate_tracking(out, truth, radius_px=1.0, pred_events=events, truth_events=tev)
+    assert r["idf1"] == 1.0 and r["mota"] == 1.0 and r["merge_f1"] == 1.0
+
+
+# ------------------------------------------------------------------ real trajectories
+def monet_table(shared_data, n_frames: int, spacing_px: float) -> pd.DataFrame:
+    """The 459 measured Au-nanorod trajectories (MoNet, px, 300 frames), each moved to its
+    own cell of a grid ``spacing_px`` apart: the file overlays trajectories from many
+    movies (median nearest neighbour 8 px for 4 px median steps), far denser than any one
+    movie, so they are spread out while keeping their real motion."""
+    from scipy.io import loadmat
+
+    path = shared_data / "monet_trajectories" / "AuNRs_300.mat"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    tr = loadmat(path)["tr"]
+    n = len(np.unique(tr[:, 2]))
+    xy = tr[:, :2].reshape(n, -1, 2)[:, :n_frames]
+    cell = np.arange(n)
+    side = math.ceil(math.sqrt(n))
+    offset = np.stack([cell % side, cell // side], axis=1) * spacing_px
+    pos = xy - xy[:, :1] + offset[:, None, :]
+    return pd.DataFrame(
+        {
+            "frame": np.tile(np.arange(xy.shape[1]), n),
+            "x_px": pos[:, :, 0].ravel(),
+            "y_px": pos[:, :, 1].ravel(),
+            "truth_id": np.repeat(cell, xy.shape[1]),
+        }
+    )
+
+
+def test_real_liquid_cell_trajectories(shared_data):
+    """Fed the real trajectories' positions as detections, the tracker recovers their
+    identities (measured 0.94 IDF1; trackpy's link on the same input: 0.90)."""
+    table = monet_table(shared_data, n_frames=60, spacing_px=100.0)
+    out = link(
+        table,
+        pixel_size_nm=1.0,
+        frame_interval_s=None,
+        config=TrackerConfig(gate_nm=40.0, size_weight=0.0),
+    )
+    assert_no_id_twice_per_frame(out)
+    s = mot_metrics(out, table, radius_px=0.5)
+    assert s.idf1 >= 0.92, s
+    assert s.mota >= 0.98, s
