@@ -49,7 +49,8 @@ def test_unknown_format(tmp_path):
 
 def test_no_pixel_size_anywhere_asks_for_it(tmp_path):
     movie = tmp_path / "plain.tif"
-    tifffile.imwrite(movie, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    tifffile.imwrite(movie, np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8),
+                     photometric="minisblack")
     result = etemlive("analyze", str(movie), "--out", str(tmp_path / "o"), "--headless",
                       "--backend", "classical")
     assert_one_line_error(result, "--pixel-size-nm")
@@ -58,7 +59,7 @@ def test_no_pixel_size_anywhere_asks_for_it(tmp_path):
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
 def test_bad_pixel_size_option(tmp_path, value):
     movie = tmp_path / "m.tif"
-    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8))
+    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
     result = etemlive("analyze", str(movie), "--out", str(tmp_path / "o"), "--headless",
                       f"--pixel-size-nm={value}")
     assert_one_line_error(result, "pixel-size-nm")
@@ -66,7 +67,7 @@ def test_bad_pixel_size_option(tmp_path, value):
 
 def test_unwritable_output_folder(tmp_path):
     movie = tmp_path / "m.tif"
-    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8))
+    tifffile.imwrite(movie, np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     result = etemlive("analyze", str(movie), "--out", str(blocker / "out"), "--headless",

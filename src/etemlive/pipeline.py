@@ -166,6 +166,7 @@ class Pipeline:
         self._lock = threading.Lock()  # guards tracker reads from other threads
         self._snapshot: PipelineSnapshot | None = None
         self._snapshot_built_s = 0.0
+        self._unpublished: tuple[Frame, np.ndarray, pd.DataFrame, float] | None = None
         self._warnings: list[str] = []
 
         # Counters of frames this pipeline saw; live sources add their own
@@ -344,6 +345,8 @@ class Pipeline:
                         break
                 while pending:
                     self._consume(pending.popleft().result())
+            if self._unpublished is not None:  # the last frame is always shown
+                self._publish(*self._unpublished, force=True)
             self._finish_tracks()
         finally:
             self._ended_s = time.perf_counter()
@@ -502,10 +505,12 @@ class Pipeline:
             self._publish(frame, result.labels, particles, time_s)
 
     def _publish(self, frame: Frame, labels: np.ndarray, particles: pd.DataFrame,
-                 time_s: float) -> None:
+                 time_s: float, *, force: bool = False) -> None:
         now = time.perf_counter()
-        if now - self._snapshot_built_s < 1 / 30:  # a display never needs more
+        if not force and now - self._snapshot_built_s < 1 / 30:  # a display never needs more
+            self._unpublished = (frame, labels, particles, time_s)
             return
+        self._unpublished = None
         self._snapshot_built_s = now
         step = max(1, math.ceil(max(frame.image.shape) / self.display_max_px))
         image = np.ascontiguousarray(frame.image[::step, ::step])

@@ -219,7 +219,7 @@ class Recorder:
             if top > np.iinfo(np.uint16).max:
                 self.labels_overflow += 1
                 labels = np.where(labels > np.iinfo(np.uint16).max, 0, labels)
-            self._labels_writer.write(labels.astype(np.uint16, copy=False), contiguous=False)
+            self._labels_writer.write(labels.astype(np.uint16, copy=False), contiguous=True)
         self._particles.append(particles)
         if events is not None and len(events):
             self._events.append(events)
