@@ -588,6 +588,25 @@ def test_velox_emd(tmp_path):
         np.testing.assert_array_equal(_read_all(movie), stack)
 
 
+def test_ncem_emd_written_by_rosettasciio(tmp_path):
+    # Berkeley EMD (NCEM) marks no navigation axis: the leading axis is the frame axis.
+    from rsciio.emd import file_writer
+
+    stack = _stack(5)
+    axes = [{"name": n, "size": k, "scale": sc, "offset": 0.0, "units": u, "navigate": False}
+            for n, k, sc, u in (("t", 5, 0.2, "s"), ("y", 24, 5.0, "Å"),
+                                ("x", 40, 5.0, "Å"))]
+    path = tmp_path / "ncem.emd"
+    file_writer(str(path), {"data": stack, "axes": axes, "attributes": {"_lazy": False},
+                            "metadata": {"General": {"title": "ncem"}, "Signal": {}},
+                            "original_metadata": {}})
+    with open_movie(path) as movie:
+        assert movie.n_frames == 5 and movie.shape == (24, 40)
+        assert movie.pixel_size_nm == pytest.approx(0.5)
+        assert movie.frame_interval_s == pytest.approx(0.2)
+        np.testing.assert_array_equal(_read_all(movie), stack)
+
+
 def test_hdf5_file_is_released_on_close(tmp_path):
     h5py = pytest.importorskip("h5py")
     path = write_velox_emd(tmp_path / "v.emd", _stack(2), pixel_size_m=1e-9, frame_time_s=1.0)

@@ -910,8 +910,7 @@ class _RsciioMovie(MovieReader):
                 _one_line(f"{self.path.name}: cannot read this {self.format} file ({err}); "
                           "is it corrupt or truncated?")
             ) from None
-        images = [s for s in signals if sum(not ax.get("navigate", False)
-                                            for ax in s["axes"]) == 2]
+        images = [s for s in signals if len(_split_axes(s["axes"])[2]) == 2]
         if not images:
             raise InputError(
                 f"{self.path.name}: holds no 2-D images (only spectra or other signals)"
@@ -921,11 +920,7 @@ class _RsciioMovie(MovieReader):
                       len(images), images[0].get("metadata", {}).get("General", {}).get("title"))
         signal = images[0]
         data = signal["data"]
-        axes = list(signal["axes"])
-        if all("index_in_array" in ax for ax in axes):
-            axes.sort(key=lambda ax: ax["index_in_array"])
-        nav = [i for i, ax in enumerate(axes) if ax.get("navigate", False)]
-        sig = [i for i, ax in enumerate(axes) if not ax.get("navigate", False)]
+        axes, nav, sig = _split_axes(signal["axes"])
         if any(_norm_unit(axes[i].get("units", "")) in ("ev", "kev") for i in sig):
             raise InputError(
                 f"{self.path.name}: holds a spectrum image (energy axis), not a movie of images"
@@ -964,6 +959,23 @@ class _RsciioMovie(MovieReader):
         self._data = self._raw_data = None
         if data is not None:
             _close_h5_in_graph(data)
+
+
+def _split_axes(axes: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int],
+                                                          list[int]]:
+    """Axes in array order, and the indices of the navigation and signal axes.
+
+    Files without a navigation / signal distinction (NCEM EMD marks every axis as
+    signal) are read as a stack of 2-D images along their leading axes.
+    """
+    axes = list(axes)
+    if all("index_in_array" in ax for ax in axes):
+        axes.sort(key=lambda ax: int(ax["index_in_array"]))
+    nav = [i for i, ax in enumerate(axes) if ax.get("navigate", False)]
+    sig = [i for i, ax in enumerate(axes) if not ax.get("navigate", False)]
+    if not nav and len(sig) > 2:
+        nav, sig = sig[:-2], sig[-2:]
+    return axes, nav, sig
 
 
 def _close_h5_in_graph(data: Any) -> None:
