@@ -26,6 +26,10 @@ log = logging.getLogger("etemlive")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+#: Live queue between reception and analysis. Small, because when analysis is slower
+#: than the camera every queued frame adds a frame time of latency; the newest
+#: frames are kept and the oldest dropped (and counted).
+LIVE_QUEUE_FRAMES = 2
 
 
 # --------------------------------------------------------------------------- helpers
@@ -293,6 +297,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     source = ZmqSource(
         args.endpoint, bind=args.bind, socket_type=args.socket, policy=args.policy,
         pixel_size_nm=args.pixel_size_nm, idle_timeout_s=args.idle_timeout_s,
+        queue_size=args.queue_size,
     )
     summary = _live_run(source, segmenter, recorder, args, headless=headless,
                         input_name=args.endpoint, config=config)
@@ -339,7 +344,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recorder.write_config(config.to_dict())
     # The subscriber connects first so the publisher's first frames are not lost
     # to the slow-joiner race.
-    source = ZmqSource(endpoint, socket_type="sub", policy="drop-oldest", idle_timeout_s=10.0)
+    source = ZmqSource(endpoint, socket_type="sub", policy="drop-oldest", idle_timeout_s=10.0,
+                       queue_size=LIVE_QUEUE_FRAMES)
     stop = threading.Event()
     served: dict[str, Any] = {}
 
@@ -481,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=("drop-oldest", "lossless"), default="drop-oldest")
     p.add_argument("--idle-timeout-s", type=_positive_float, help="stop after this long without frames")
     p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--queue-size", type=_positive_int, default=LIVE_QUEUE_FRAMES,
+                   help="frames held between reception and analysis (small = low latency)")
     p.set_defaults(func=cmd_live, out=None)
 
     p = sub.add_parser("demo", help="simulated camera -> serve -> live analysis on loopback")
