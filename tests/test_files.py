@@ -258,6 +258,16 @@ def test_user_values_override_metadata(tmp_path):
     assert (frame.pixel_size_nm, frame.timestamp_s) == (1.7, 4.0)
 
 
+def test_fei_sem_tiff_pixel_width(tmp_path):
+    # The FEI_HELIOS tag (34682) holds an INI text; PixelWidth is in metres.
+    ini = "[User]\nDate=01/01/2024\n[Scan]\nPixelWidth=2.5e-09\nPixelHeight=2.5e-09\n"
+    path = tmp_path / "sem.tif"
+    tifffile.imwrite(path, _stack(1)[0], extratags=[(34682, "s", 0, ini, True)])
+    with open_movie(path) as movie:
+        assert movie.pixel_size_nm == pytest.approx(2.5)
+        assert movie.pixel_size_source == "metadata"
+
+
 def test_uncalibrated_tiff_has_no_pixel_size_and_index_timestamps(tmp_path):
     path = tmp_path / "plain.tif"
     # 72 dpi is not a calibration; minisblack: 3 pages, not one planar RGB image.

@@ -502,7 +502,8 @@ class TiffMovie(MovieReader):
     Uncompressed contiguous data are read frame by frame with positioned reads;
     other files are decoded page by page. Metadata: ImageJ ``unit`` + XResolution and ``finterval``; OME
     ``PhysicalSizeX`` (+ unit), ``TimeIncrement`` and per-plane ``DeltaT``; a JSON
-    ImageDescription with ``pixel_size_nm`` / ``frame_interval_s`` (our simulator).
+    ImageDescription with ``pixel_size_nm`` / ``frame_interval_s`` (our simulator);
+    the FEI / Thermo Fisher SEM tag's ``[Scan] PixelWidth``.
     Plain TIFF resolution tags are ignored: most writers fill them with 72 dpi.
     """
 
@@ -618,6 +619,10 @@ class TiffMovie(MovieReader):
             self._imagej_metadata(tif.imagej_metadata or {}, page0)
         for md in tif.shaped_metadata or ():
             self._json_metadata(md)
+        if self._meta_pixel_size_nm is None and tif.is_fei:
+            # Thermo Fisher (FEI) SEM / FIB TIFFs: an INI block with the pixel width in m.
+            scan = (tif.fei_metadata or {}).get("Scan", {})
+            self._meta_pixel_size_nm = length_to_nm(scan.get("PixelWidth", 0), "m")
         if self._meta_pixel_size_nm is None or self._meta_frame_interval_s is None:
             desc = page0.description or ""
             if desc.lstrip().startswith("{"):
