@@ -538,6 +538,7 @@ class Tracker:
         self._area = np.zeros(0)  # last area, nm^2
         self._peak = np.zeros(0)  # largest area so far, nm^2
         self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
+        self._edge = np.zeros(0, dtype=bool)  # touched the image border when last seen
         self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
         self._missed = np.zeros(0, dtype=np.int64)
         # every track ever, indexed by id
@@ -584,6 +585,7 @@ class Tracker:
             "_area",
             "_peak",
             "_label",
+            "_edge",
             "_seen",
             "_missed",
         ):
@@ -611,6 +613,7 @@ class Tracker:
         diam: np.ndarray,
         area: np.ndarray,
         label: np.ndarray,
+        edge: np.ndarray,
         frame: int,
     ) -> None:
         x, P = self.motion_model.init(pos)
@@ -622,6 +625,7 @@ class Tracker:
         self._area = np.concatenate([self._area, area])
         self._peak = np.concatenate([self._peak, area])
         self._label = np.concatenate([self._label, label])
+        self._edge = np.concatenate([self._edge, edge])
         self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
 
@@ -752,6 +756,10 @@ class Tracker:
         # sizes: fill whichever of diameter / area is missing from the other
         area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
         diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
+        if "touches_edge" in particles.columns:
+            det_edge = particles["touches_edge"].to_numpy()[rows].astype(bool)
+        else:
+            det_edge = np.zeros(len(rows), dtype=bool)
         if "label" in particles.columns:
             det_label = particles["label"].to_numpy()[rows].astype(np.int64)
         else:
@@ -881,6 +889,7 @@ class Tracker:
             self._area[mt] = area[md]
             self._peak[mt] = np.fmax(self._peak[mt], area[md])
             self._label[mt] = det_label[md]
+            self._edge[mt] = det_edge[md]
             self._seen[mt] = frame_idx
             self._missed[mt] = 0
         lost = ~matched & ~ended
@@ -894,6 +903,7 @@ class Tracker:
                 diam[new_idx],
                 area[new_idx],
                 det_label[new_idx],
+                det_edge[new_idx],
                 frame_idx,
             )
 
@@ -1018,7 +1028,10 @@ class Tracker:
             prev_lab = np.where(self._seen[ci] == self._prev_labels_frame, self._label[ci], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
             frac = inter / np.maximum(overlap.area_prev(prev_lab), 1)
-            ok = np.where(prev_lab > 0, frac >= cfg.merge_overlap, dd <= reach)
+            # the masks overlap, or (fast Brownian particles whose masks do not) they touched
+            # (a particle cut by the border may just have left the view: masks must overlap)
+            near = (dd <= reach) & ~np.repeat(self._edge[cand], k)
+            ok = ((prev_lab > 0) & (frac >= cfg.merge_overlap)) | near
         else:
             ok = dd <= reach
         ok &= np.isfinite(dd)
