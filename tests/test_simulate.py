@@ -16,12 +16,14 @@ from etemlive.sources.simulate import (
     DOSES,
     SCENARIOS,
     SOLIDS,
+    TRAINING_PARAMETERS,
     TRUTH_COLUMNS,
     SimulatedSource,
     SimulationConfig,
     footprint_descriptors,
     lsw_distribution,
     render_particles,
+    render_training_sample,
     simulate,
     solid_dimensions,
     write_simulation,
@@ -296,3 +298,46 @@ def test_bad_config_raises_one_readable_line(kwargs, match):
     with pytest.raises(EtemliveError, match=match) as info:
         SimulationConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_training_sample_is_reproducible_and_labelled():
+    a = render_training_sample(np.random.default_rng(11), 96)
+    b = render_training_sample(np.random.default_rng(11), 96)
+    image, labels, params = a
+    assert image.dtype == np.float32 and image.shape == (96, 96)
+    assert labels.dtype == np.uint16 and labels.shape == (96, 96)
+    assert np.array_equal(image, b[0]) and np.array_equal(labels, b[1]) and params == b[2]
+    assert set(TRAINING_PARAMETERS) <= set(params)
+    assert params["n_particles"] == len(np.unique(labels[labels > 0]))
+
+
+def test_training_samples_span_the_requested_ranges():
+    rng = np.random.default_rng(5)
+    draws = [render_training_sample(rng, 64) for _ in range(40)]
+    params = [p for _, _, p in draws]
+    px = np.array([p["pixel_size_nm"] for p in params])
+    assert px.min() >= 0.05 and px.max() <= 2.0 and px.max() / px.min() > 5
+    d_nm = np.array([p["mean_diameter_nm"] for p in params])
+    assert d_nm.min() >= 1.0 and d_nm.max() <= 100.0
+    assert (d_nm / px >= 4.0 - 1e-9).all()  # particles at least ~4 px across
+    doses = np.array([p["dose_e_per_px"] for p in params])
+    assert doses.min() < 30 and doses.max() > 300
+    assert {p["bright_field"] for p in params} == {True, False}
+    assert len({p["scene"] for p in params}) >= 3 and len({p["solids"] for p in params}) >= 3
+
+
+@pytest.mark.parametrize("bright_field", [True, False])
+def test_training_sample_overrides_and_polarity(bright_field):
+    image, labels, params = render_training_sample(
+        np.random.default_rng(2), 128, bright_field=bright_field, dose_e_per_px=2000.0,
+        scene="medium", pixel_size_nm=0.5, mean_diameter_nm=8.0, liquid_thickness_nm=0.0,
+        motion_blur_px=0.0, particle_mfp_nm=20.0)
+    assert params["bright_field"] is bright_field and params["pixel_size_nm"] == 0.5
+    assert labels.max() > 0
+    inside, outside = image[labels > 0].mean(), image[labels == 0].mean()
+    assert (inside < outside) if bright_field else (inside > outside)
+
+
+def test_training_sample_rejects_unknown_override():
+    with pytest.raises(InputError, match="unknown parameter"):
+        render_training_sample(np.random.default_rng(0), 64, brightness=3)

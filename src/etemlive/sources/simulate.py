@@ -76,6 +76,8 @@ __all__ = [
     "SimulatedSource",
     "Simulation",
     "SimulationConfig",
+    "TRAINING_PARAMETERS",
+    "render_training_sample",
     "simulate",
     "write_simulation",
 ]
@@ -699,10 +701,11 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: fl
     if sigma_px > 8:
         # draw coarse and upsample: cheap for long correlation lengths
         factor = sigma_px / 4.0
-        small = (max(int(rows / factor) + 4, 4), max(int(cols / factor) + 4, 4))
+        small = (max(int(math.ceil(rows / factor)) + 1, 4), max(int(math.ceil(cols / factor)) + 1, 4))
         field_small = _smooth_noise(rng, small, 4.0)
-        out = cv2.resize(field_small, (int(small[1] * factor), int(small[0] * factor)),
-                         interpolation=cv2.INTER_CUBIC)[:rows, :cols]
+        # upsample by ~factor and crop; a field much coarser than the tile is just resized
+        full = (min(int(small[1] * factor), 2 * cols + 8), min(int(small[0] * factor), 2 * rows + 8))
+        out = cv2.resize(field_small, full, interpolation=cv2.INTER_CUBIC)[:rows, :cols]
         if out.shape != (rows, cols):
             out = cv2.resize(field_small, (cols, rows), interpolation=cv2.INTER_CUBIC)
     else:
@@ -733,11 +736,28 @@ def illumination_field(rng: np.random.Generator, shape: tuple[int, int], gradien
     return (1.0 + lin + radial).astype(np.float32)
 
 
+def _line_kernel(length_px: float, angle_rad: float) -> np.ndarray:
+    """Normalized linear motion-blur kernel (odd size), anti-aliased by supersampling."""
+    size = int(math.ceil(length_px)) | 1
+    kernel = np.zeros((size * 4, size * 4), np.float32)
+    c = size * 2 - 0.5
+    t = np.linspace(-0.5, 0.5, 8 * size) * length_px * 4
+    cols = np.clip(np.round(c + t * math.cos(angle_rad)).astype(int), 0, size * 4 - 1)
+    rows = np.clip(np.round(c + t * math.sin(angle_rad)).astype(int), 0, size * 4 - 1)
+    np.add.at(kernel, (rows, cols), 1.0)
+    kernel = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
+    return kernel / kernel.sum()
+
+
 def form_image(rng: np.random.Generator, particle_nm: np.ndarray, carbon_nm: np.ndarray,
                dose_illum: np.ndarray, static_attenuation: np.ndarray | float, *,
                particle_mfp_nm: float, carbon_mfp_nm: float, bright_field: bool,
-               blur_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+               blur_sigma_px: float, motion_blur_px: float = 0.0,
+               motion_angle_rad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Expected counts and a Poisson-noise image from projected thicknesses.
+
+    ``motion_blur_px``: length of a linear smear (drift during the exposure) applied,
+    like the detector PSF, to the expected image before the shot noise.
 
     Returns ``(expected float32, counts uint16)``.
     """
@@ -751,6 +771,9 @@ def form_image(rng: np.random.Generator, particle_nm: np.ndarray, carbon_nm: np.
     expected = expected.astype(np.float32, copy=False)
     if blur_sigma_px > 0:
         expected = cv2.GaussianBlur(expected, (0, 0), blur_sigma_px, borderType=cv2.BORDER_REFLECT)
+    if motion_blur_px >= 1.0:
+        expected = cv2.filter2D(expected, -1, _line_kernel(motion_blur_px, motion_angle_rad),
+                                borderType=cv2.BORDER_REFLECT)
     counts = rng.poisson(np.maximum(expected, 0.0))
     return expected, np.minimum(counts, _MAX_ID).astype(np.uint16)
 
@@ -1562,3 +1585,216 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------
+# Random static scenes for U-Net training
+# --------------------------------------------------------------------------------------
+
+#: Parameters :func:`render_training_sample` draws; any of them can be overridden.
+TRAINING_PARAMETERS: tuple[str, ...] = (
+    "pixel_size_nm", "mean_diameter_nm", "size_spread", "scene", "coverage", "two_families",
+    "family_ratio", "family_weight", "solids", "bright_field", "dose_e_per_px",
+    "carbon_thickness_nm", "carbon_texture_nm", "particle_mfp_nm", "blur_sigma_px",
+    "motion_blur_px", "motion_angle_deg", "illumination_gradient", "liquid_thickness_nm",
+    "neck_fraction",
+)
+_SCENES = ("sparse", "medium", "dense", "pairs")
+_SOLID_MIXES: dict[str, tuple[tuple[int, float], ...]] = {
+    "round": ((_SPHERE, 0.8), (_ELLIPSOID, 0.2)),
+    "faceted": ((_SPHERE, 0.1), (_CUBE, 0.25), (_OCTAHEDRON, 0.2), (_HEXPLATE, 0.25),
+                (_TRIPLATE, 0.2)),
+    "rods": ((_SPHERE, 0.3), (_ROD, 0.6), (_ELLIPSOID, 0.1)),
+    "mixed": tuple((k, 1.0 / len(SOLIDS)) for k in range(len(SOLIDS))),
+}
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _draw_training_params(rng: np.random.Generator, size_px: int,
+                          overrides: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(TRAINING_PARAMETERS))
+    if unknown:
+        raise InputError(f"render_training_sample: unknown parameter(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(TRAINING_PARAMETERS)}")
+    p: dict[str, Any] = {}
+
+    def pick(name: str, draw: Any) -> Any:
+        # draw even when overridden so one override does not reshuffle the others
+        value = draw()
+        p[name] = overrides.get(name, value)
+        return p[name]
+
+    px = pick("pixel_size_nm", lambda: _log_uniform(rng, 0.05, 2.0))
+    validate_pixel_size_nm(px, what="training pixel_size_nm")
+    # particles between ~4 px and ~1/3 of the tile across, and within 1-100 nm
+    d_lo = max(1.0, 4.0 * px)
+    d_hi = max(d_lo * 1.01, min(100.0, size_px * px / 5.0))  # second family up to 1/3
+    pick("mean_diameter_nm", lambda: _log_uniform(rng, d_lo, d_hi))
+    pick("size_spread", lambda: float(rng.uniform(0.03, 0.35)))
+    scene = pick("scene", lambda: _SCENES[int(rng.choice(4, p=[0.25, 0.3, 0.3, 0.15]))])
+    if scene not in _SCENES:
+        raise InputError(f"render_training_sample: scene must be one of {_SCENES}, got {scene!r}")
+    cover = {"sparse": (0.01, 0.08), "medium": (0.08, 0.25), "dense": (0.3, 0.5),
+             "pairs": (0.05, 0.2)}[scene]
+    pick("coverage", lambda: float(rng.uniform(*cover)))
+    pick("two_families", lambda: bool(rng.random() < (0.6 if scene == "dense" else 0.25)))
+    pick("family_ratio", lambda: float(rng.uniform(1.6, 3.0)))
+    pick("family_weight", lambda: float(rng.uniform(0.3, 0.8)))
+    mix = pick("solids", lambda: ("round", "faceted", "rods", "mixed")[
+        int(rng.choice(4, p=[0.45, 0.2, 0.15, 0.2]))])
+    if mix not in _SOLID_MIXES:
+        raise InputError(f"render_training_sample: solids must be one of {tuple(_SOLID_MIXES)}, "
+                         f"got {mix!r}")
+    pick("bright_field", lambda: bool(rng.random() < 0.65))
+    pick("dose_e_per_px", lambda: _log_uniform(rng, 3.0, 3000.0))
+    pick("carbon_thickness_nm", lambda: float(rng.uniform(3.0, 30.0)))
+    pick("carbon_texture_nm", lambda: _log_uniform(rng, 0.2, 5.0))
+    pick("particle_mfp_nm", lambda: _log_uniform(rng, 8.0, 80.0))
+    pick("blur_sigma_px", lambda: float(rng.uniform(0.0, 2.0)))
+    pick("motion_blur_px", lambda: float(rng.uniform(1.0, 6.0)) if rng.random() < 0.25 else 0.0)
+    pick("motion_angle_deg", lambda: float(rng.uniform(0.0, 180.0)))
+    pick("illumination_gradient", lambda: float(rng.uniform(0.0, 0.5)))
+    pick("liquid_thickness_nm",
+         lambda: float(rng.uniform(50.0, 300.0)) if rng.random() < 0.2 else 0.0)
+    pick("neck_fraction", lambda: float(rng.uniform(0.0, 0.5)) if scene in ("dense", "pairs")
+         else 0.0)
+    return p
+
+
+def _training_layout(rng: np.random.Generator, size_px: int, p: dict[str, Any]):
+    """Particle radii (nm), centres (px), solids, shape parameters and orientations."""
+    px = p["pixel_size_nm"]
+    mean_d = p["mean_diameter_nm"]
+    area_px = size_px * size_px
+    if p["two_families"]:
+        big = mean_d * p["family_ratio"]
+        w_small = p["family_weight"]
+        mean_area = (w_small * mean_d**2 + (1 - w_small) * big**2) * math.pi / 4 / px**2
+    else:
+        mean_area = math.pi / 4 * (mean_d / px) ** 2
+    count = max(1, int(round(p["coverage"] * area_px / mean_area)))
+    count = min(count, 20_000)
+    diam = mean_d * np.exp(p["size_spread"] * rng.standard_normal(count))
+    if p["two_families"]:
+        fam = rng.random(count) >= p["family_weight"]
+        diam[fam] *= p["family_ratio"]
+    # keep every particle between 4 px and a third of the tile across
+    diam = np.clip(diam, 4.0 * px, size_px * px / 3.0)
+    r = diam / 2.0
+    codes, weights = zip(*_SOLID_MIXES[p["solids"]], strict=True)
+    solid = np.asarray(codes)[rng.choice(len(codes), size=count, p=np.asarray(weights))]
+    q = np.ones(count)
+    q = np.where(solid == _ELLIPSOID, rng.uniform(1.1, 2.2, count), q)
+    q = np.where(solid == _ROD, rng.uniform(1.6, 6.0, count), q)
+    q = np.where((solid == _HEXPLATE) | (solid == _TRIPLATE), rng.uniform(1.5, 6.0, count), q)
+    theta = rng.uniform(0.0, 2 * np.pi, count)
+    dims = solid_dimensions(solid, r, q)
+    circ_px = footprint_descriptors(solid, dims)["circumradius_nm"] / px
+    # random centres over the tile and a margin (particles cut by the border occur)
+    xy = rng.uniform(-0.3 * circ_px.mean(), size_px + 0.3 * circ_px.mean(), size=(count, 2))
+    if p["scene"] == "pairs":
+        # half of the particles sit in contact with a partner (coalescing pairs)
+        n_pairs = count // 2
+        ang = rng.uniform(0, 2 * np.pi, n_pairs)
+        dist = (circ_px[:n_pairs] + circ_px[n_pairs:2 * n_pairs]) * rng.uniform(0.85, 1.0, n_pairs)
+        xy[n_pairs:2 * n_pairs] = xy[:n_pairs] + dist[:, None] * np.stack(
+            [np.cos(ang), np.sin(ang)], axis=1)
+    keep = _drop_overlaps(xy, circ_px, p["scene"])
+    return r[keep], xy[keep], solid[keep], q[keep], theta[keep], dims[keep], circ_px[keep]
+
+
+def _drop_overlaps(xy: np.ndarray, circ_px: np.ndarray, scene: str) -> np.ndarray:
+    """Keep mask: of two particles overlapping by more than allowed, the later one goes.
+
+    Dense and pair scenes tolerate a small overlap (touching particles, necks); the
+    others keep a gap. One vectorized pass over all close pairs (cKDTree).
+    """
+    n = xy.shape[0]
+    keep = np.ones(n, bool)
+    if n < 2:
+        return keep
+    allowed = 0.85 if scene in ("dense", "pairs") else 1.05
+    tree = cKDTree(xy)
+    pairs = tree.query_pairs(2.0 * float(circ_px.max()) * allowed, output_type="ndarray")
+    if pairs.size == 0:
+        return keep
+    i, j = pairs[:, 0], pairs[:, 1]
+    dist = np.hypot(*(xy[i] - xy[j]).T)
+    bad = dist < allowed * (circ_px[i] + circ_px[j])
+    # greedy in index order, vectorized approximately: drop the larger index of each bad pair
+    drop = np.zeros(n, bool)
+    drop[np.maximum(i[bad], j[bad])] = True
+    return ~drop
+
+
+def render_training_sample(
+    rng: np.random.Generator, size_px: int = 256, **overrides: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One random static scene for segmentation training, with exact instance labels.
+
+    Draws (or takes from ``overrides``, names in :data:`TRAINING_PARAMETERS`): pixel
+    size 0.05-2 nm/px (log-uniform), mean particle diameter 1-100 nm limited so
+    particles are 4 px to a third of the tile across, size spread, scene (sparse,
+    medium, dense with touching particles, coalescing pairs), optional two size
+    families, solids (round, faceted: cubes / octahedra / hexagonal and triangular
+    plates, rods, mixed), bright or dark field, dose 3-3000 e-/px (log-uniform),
+    carbon film thickness and texture, particle contrast (mass-thickness mean free
+    path), detector blur, drift smear during the exposure, illumination gradient,
+    an optional liquid layer, and necks between touching particles.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness; the same generator state gives the same sample.
+    size_px : int
+        Tile side, px.
+    **overrides
+        Fixed values for any drawn parameter.
+
+    Returns
+    -------
+    image : ndarray of float32, shape (size_px, size_px)
+        Raw detector counts (Poisson), not normalized.
+    labels : ndarray of uint16, same shape
+        Instance labels, 0 = background, 1..n (n = ``params["n_particles"]``).
+    params : dict
+        The parameters used, plus ``n_particles``.
+    """
+    _check_int("size_px", size_px, 16, 8192)
+    p = _draw_training_params(rng, size_px, overrides)
+    px = float(p["pixel_size_nm"])
+    r, xy, solid, q, theta, dims, circ_px = _training_layout(rng, size_px, p)
+    n = r.size
+    thickness = np.zeros((size_px, size_px), np.float32)
+    zbuffer = np.zeros_like(thickness)
+    labels = np.zeros((size_px, size_px), np.uint16)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    render_particles(thickness, labels, zbuffer, x_px=xy[:, 0], y_px=xy[:, 1], solid=solid,
+                     dims_nm=dims, theta_rad=theta, circumradius_nm=circ_px * px, ids=ids,
+                     pixel_size_nm=px, supersample=3)
+    if p["neck_fraction"] > 0 and n > 1:
+        tree = cKDTree(xy)
+        pairs = tree.query_pairs(2.0 * float(circ_px.max()), output_type="ndarray")
+        if pairs.size:
+            i, j = pairs[:, 0], pairs[:, 1]
+            eq = np.sqrt(footprint_descriptors(solid, dims)["area_nm2"] / np.pi) / px
+            close = np.hypot(*(xy[i] - xy[j]).T) < 1.1 * (eq[i] + eq[j])
+            chosen = np.flatnonzero(close & (rng.random(close.size) < p["neck_fraction"]))[:64]
+            neck_r = rng.uniform(0.2, 0.6, chosen.size) * np.minimum(r[i[chosen]], r[j[chosen]])
+            necks = [(xy[a, 0], xy[a, 1], eq[a], a + 1, xy[b, 0], xy[b, 1], eq[b], b + 1, rn)
+                     for a, b, rn in zip(i[chosen], j[chosen], neck_r, strict=True)]
+            _render_necks(thickness, labels, necks, px, 3)
+    carbon = carbon_thickness_field(rng, (size_px, size_px), px, mean_nm=p["carbon_thickness_nm"],
+                                    texture_nm=p["carbon_texture_nm"])
+    illum = illumination_field(rng, (size_px, size_px), p["illumination_gradient"])
+    liquid = np.float32(p["liquid_thickness_nm"] / 300.0)
+    _, counts = form_image(rng, thickness, carbon, (p["dose_e_per_px"] * illum).astype(np.float32),
+                           liquid, particle_mfp_nm=p["particle_mfp_nm"], carbon_mfp_nm=100.0,
+                           bright_field=p["bright_field"], blur_sigma_px=p["blur_sigma_px"],
+                           motion_blur_px=p["motion_blur_px"],
+                           motion_angle_rad=math.radians(p["motion_angle_deg"]))
+    p["n_particles"] = int(np.count_nonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:]))
+    return counts.astype(np.float32), labels, p
