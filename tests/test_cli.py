@@ -104,3 +104,33 @@ def test_simulate_then_analyze(tmp_path):
     page = labels[int(row["frame"])]
     ys, xs = np.nonzero(page == row["label"])
     assert abs(xs.mean() - row["x_px"]) < 0.5 and abs(ys.mean() - row["y_px"]) < 0.5
+
+
+def test_scale_bar_calibrates_and_is_masked_out(tmp_path):
+    """A figure with no metadata: the burned-in bar gives the pixel size and is not a particle."""
+    import cv2
+
+    from etemlive.scale import draw_scale_bar
+
+    image = np.full((400, 400), 200, np.uint8)
+    rng = np.random.default_rng(1)
+    centres = [(80, 80), (200, 120), (120, 260), (260, 240)]
+    for x, y in centres:
+        cv2.circle(image, (x, y), 14, 60, -1)  # dark particles, 28 px across
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    image = draw_scale_bar(image, length_px=100, text="50 nm", bright=False)
+    path = tmp_path / "figure.png"
+    cv2.imwrite(str(path), image)
+    out = tmp_path / "out"
+    result = etemlive("analyze", str(path), "--out", str(out), "--headless", "--backend",
+                      "classical", "--scale-bar-nm", "50", "--no-report")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pixel_size_source"] == "scale bar"
+    assert summary["pixel_size_nm"] == pytest.approx(0.5, rel=0.02)
+    particles = pd.read_csv(out / "particles.csv")
+    # The bar and its label (bottom-right corner, rows > 330, columns > 270) are not particles.
+    assert not ((particles["y_px"] > 330) & (particles["x_px"] > 270)).any()
+    big = particles[particles["diameter_nm"] > 10]
+    assert len(big) == len(centres)
+    assert big["diameter_nm"].to_numpy() == pytest.approx(np.full(4, 14.0), rel=0.08)

@@ -89,6 +89,13 @@ def tracker_factory():
     return factory
 
 
+def _live_analysis() -> Any:
+    """Size-distribution and kinetics fits refreshed during the run (every 25 frames)."""
+    from .analysis import LiveAnalysis
+
+    return LiveAnalysis(update_every_n_frames=25)
+
+
 def _finish_outputs(out_dir: Path, *, report: bool) -> None:
     """Run the analysis (distributions, kinetics, plots) and the HTML report."""
     if not report:
@@ -194,7 +201,6 @@ def _decide_headless(args: argparse.Namespace) -> bool:
 # ------------------------------------------------------------------------------ verbs
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .config import RunConfig
-    from .frames import validate_pixel_size_nm
     from .pipeline import Pipeline
     from .record import Recorder
     from .sources.files import open_movie
@@ -208,8 +214,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     source = open_movie(args.movie, pixel_size_nm=args.pixel_size_nm,
                         frame_interval_s=args.frame_interval_s)
     with source:
-        pixel_size_nm, pixel_source = _resolve_calibration(source, args)
-        validate_pixel_size_nm(pixel_size_nm)
+        pixel_size_nm, pixel_source, bar_mask = _resolve_calibration(source, args)
         headless = _decide_headless(args)
         segmenter = make_segmenter(args.backend)
         recorder = Recorder(args.out, save_labels=args.save_labels)
@@ -220,7 +225,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             frame_interval_s=source.frame_interval_s,
             tracker_factory=tracker_factory() if config.track else None,
             workers=args.workers, publish_snapshots=not headless, input_name=str(args.movie),
-            max_frames=args.max_frames,
+            max_frames=args.max_frames, exclude_mask=bar_mask, live_analysis=_live_analysis(),
         )
         progress = _Progress(pipeline, source.n_frames) if headless and sys.stderr.isatty() else None
         if progress is not None:
@@ -235,23 +240,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_calibration(source: Any, args: argparse.Namespace) -> tuple[float | None, str | None]:
-    """Pixel size: the user's value, else metadata, else a scale bar in the first frame."""
-    if args.pixel_size_nm is not None:
-        return args.pixel_size_nm, "user"
-    if source.pixel_size_nm is not None:
-        return source.pixel_size_nm, source.pixel_size_source or "metadata"
-    try:
-        from .scale import resolve_pixel_size
-    except ImportError:
-        raise InputError(
-            f"{args.movie}: no pixel size in the file's metadata: pass --pixel-size-nm X"
-        ) from None
+def _resolve_calibration(
+    source: Any, args: argparse.Namespace
+) -> tuple[float, str, Any]:
+    """Pixel size, its source, and the mask of a burned-in scale bar (or None).
+
+    The user's value wins, then the file's metadata, then a scale bar found in the
+    first frame (its label read by OCR, or its length given by ``--scale-bar-nm``).
+    """
+    from .scale import detect_scale_bar, resolve_pixel_size, scale_bar_mask
+
+    if args.pixel_size_nm is not None or source.pixel_size_nm is not None:
+        pixel_size_nm, origin = resolve_pixel_size(metadata_nm=source.pixel_size_nm,
+                                                   user_nm=args.pixel_size_nm)
+        return pixel_size_nm, origin, None
     read_frame = getattr(source, "read_frame", None)
-    first = read_frame(0) if callable(read_frame) else None
+    first = read_frame(0) if callable(read_frame) and getattr(source, "n_frames", 0) else None
     image = first.image if first is not None else None
-    return resolve_pixel_size(metadata_nm=None, user_nm=None, image=image,
-                              scale_bar_nm=args.scale_bar_nm)
+    pixel_size_nm, origin = resolve_pixel_size(metadata_nm=None, user_nm=None, image=image,
+                                               scale_bar_nm=args.scale_bar_nm)
+    mask = None
+    if origin == "scale bar" and image is not None:
+        bar = detect_scale_bar(image, ocr=False)
+        mask = scale_bar_mask(image, bar) if bar is not None else None
+    return pixel_size_nm, origin, mask
 
 
 class _Progress:
@@ -317,7 +329,7 @@ def _live_run(source: Any, segmenter: Any, recorder: Any, args: argparse.Namespa
         frame_interval_s=args.frame_interval_s or getattr(source, "frame_interval_s", None),
         tracker_factory=tracker_factory() if config.track else None,
         workers=args.workers, publish_snapshots=not headless, input_name=input_name,
-        max_seconds=getattr(args, "seconds", None),
+        max_seconds=getattr(args, "seconds", None), live_analysis=_live_analysis(),
     )
     return _run_pipeline(pipeline, headless=headless, title=f"etemlive: {input_name}")
 

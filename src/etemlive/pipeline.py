@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -119,6 +120,14 @@ class Pipeline:
         What is analysed, for summary.json.
     summary_extra : dict, optional
         More fields for summary.json.
+    max_frames, max_seconds : optional
+        Stop after this many frames received / seconds.
+    exclude_mask : ndarray of bool, optional
+        Pixels that are not specimen (a burned-in scale bar and its label): any
+        particle touching them is removed before measurement.
+    live_analysis : optional
+        An :class:`etemlive.analysis.LiveAnalysis` fed every analysed frame on its own
+        thread (refits never delay the frames); its newest fit is ``live_fit``.
     """
 
     def __init__(
@@ -138,6 +147,8 @@ class Pipeline:
         summary_extra: dict[str, Any] | None = None,
         max_frames: int | None = None,
         max_seconds: float | None = None,
+        exclude_mask: np.ndarray | None = None,
+        live_analysis: Any = None,
     ) -> None:
         self.source = source
         self.segmenter = segmenter
@@ -160,6 +171,11 @@ class Pipeline:
         self.summary_extra = dict(summary_extra or {})
         self.max_frames = max_frames
         self.max_seconds = max_seconds
+        self.exclude_mask = exclude_mask
+        self.live_analysis = live_analysis
+        self._live_queue: queue.Queue[pd.DataFrame | None] = queue.Queue(maxsize=1000)
+        self._live_thread: threading.Thread | None = None
+        self.live_fit: Any = None
 
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -228,6 +244,7 @@ class Pipeline:
             tracks=snapshot.tracks,
             stats=self.stats(),
             time_unit=snapshot.time_unit,
+            live_fit=self.live_fit,
         )
 
     def track_history(self, track_id: int) -> pd.DataFrame:
@@ -328,6 +345,10 @@ class Pipeline:
         """
         self._started_s = time.perf_counter()
         self._started_wall = time.time()
+        if self.live_analysis is not None:
+            self._live_thread = threading.Thread(target=self._live_loop, name="etemlive-analysis",
+                                                 daemon=True)
+            self._live_thread.start()
         pending: deque[Future[_Analysed]] = deque()
         max_in_flight = self.workers + 1
         last_periodic = self._started_s
@@ -348,6 +369,7 @@ class Pipeline:
             if self._unpublished is not None:  # the last frame is always shown
                 self._publish(*self._unpublished, force=True)
             self._finish_tracks()
+            self._stop_live_analysis()
         finally:
             self._ended_s = time.perf_counter()
             try:
@@ -420,6 +442,8 @@ class Pipeline:
                 raise InputError(f"frame {frame.index}: image contains NaN or inf")
             pixel_size_nm = self._pixel_size_nm or 1.0
             labels = self.segmenter.segment(image, pixel_size_nm)
+            if self.exclude_mask is not None and self.exclude_mask.shape == labels.shape:
+                labels = _remove_touching(labels, self.exclude_mask)
             t1 = time.perf_counter()
             particles = measure_particles(
                 labels, pixel_size_nm, frame=frame.index, time_s=self._time_of(frame)
@@ -501,8 +525,32 @@ class Pipeline:
         self._last_count = int(len(particles))
         self._last_mean_nm = mean_nm
         self._last_frame_index = frame.index
+        if self._live_thread is not None:
+            try:
+                self._live_queue.put_nowait(particles)
+            except queue.Full:  # analysis thread far behind: skip, never block the frames
+                pass
         if self.publish_snapshots:
             self._publish(frame, result.labels, particles, time_s)
+
+    def _live_loop(self) -> None:
+        """Feed the live analysis on its own thread; refits never delay frames."""
+        while True:
+            particles = self._live_queue.get()
+            if particles is None:
+                return
+            try:
+                result = self.live_analysis.update(particles)
+            except Exception:  # noqa: BLE001 (a failed fit must not stop the run)
+                log.warning("live analysis failed", exc_info=True)
+                continue
+            if result is not None:
+                self.live_fit = result
+
+    def _stop_live_analysis(self) -> None:
+        if self._live_thread is not None:
+            self._live_queue.put(None)
+            self._live_thread.join(timeout=30)
 
     def _publish(self, frame: Frame, labels: np.ndarray, particles: pd.DataFrame,
                  time_s: float, *, force: bool = False) -> None:
@@ -527,6 +575,7 @@ class Pipeline:
             tracks={},
             stats=self.stats(),
             time_unit=self.time_unit,
+            live_fit=self.live_fit,
         )
 
     def _finish_tracks(self) -> None:
@@ -582,6 +631,28 @@ class Pipeline:
             "latency_max_ms": float(latencies.max()) if latencies.size else float("nan"),
             "stage_ms_mean": {k: v / n for k, v in self._stage_ms.items()},
             "tracking": self._tracker_factory is not None,
+            "live_kinetics": _live_kinetics(self.live_fit),
             "warnings": list(s.warnings),
             **self.summary_extra,
         }
+
+
+def _remove_touching(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero every instance that has a pixel under ``mask`` (vectorized over instances)."""
+    hit = np.unique(labels[mask])
+    hit = hit[hit > 0]
+    if hit.size == 0:
+        return labels
+    lookup = np.ones(int(labels.max()) + 1, dtype=bool)
+    lookup[hit] = False
+    return np.where(lookup[labels], labels, 0).astype(labels.dtype, copy=False)
+
+
+def _live_kinetics(live_fit: Any) -> dict[str, Any] | None:
+    """The newest live coarsening fit, for summary.json (None before the first)."""
+    if live_fit is None:
+        return None
+    kinetics = getattr(live_fit, "kinetics", None)
+    to_dict = getattr(kinetics, "to_dict", None)
+    out = to_dict() if callable(to_dict) else {}
+    return {"frame": getattr(live_fit, "frame", None), **out}

@@ -71,6 +71,9 @@ class PipelineSnapshot:
         Health counters.
     time_unit : str
         ``"s"``, or ``"frame"`` when the frame interval is unknown.
+    live_fit : object or None
+        The newest :class:`etemlive.analysis.LiveResult` (size-distribution and
+        kinetics fits, refreshed every N frames), None before the first.
     """
 
     frame_index: int = -1
@@ -84,3 +87,4 @@ class PipelineSnapshot:
     tracks: dict[int, pd.DataFrame] = field(default_factory=dict)
     stats: PipelineStats = field(default_factory=PipelineStats)
     time_unit: str = "s"
+    live_fit: object | None = None
