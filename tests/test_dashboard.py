@@ -872,3 +872,52 @@ def test_real_pipeline_runs_into_the_window(qtbot, tmp_path):
     w.close()
     assert pipeline._stop.is_set()
     assert math.isfinite(stats.fps_analysed)
+
+
+@pytest.mark.qt
+@qt
+def test_cli_analyze_opens_the_window_and_closing_it_writes_the_summary(tmp_path):
+    """``etemlive analyze`` without --headless shows the dashboard (offscreen here);
+    Ctrl-C closes the window, which stops the run; the summary is written, exit 0."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from etemlive.sources.simulate import write_simulation
+
+    movie = tmp_path / "coalescence.tif"
+    write_simulation(movie, SimulationConfig(scenario="coalescence", seed=4, n_frames=60,
+                                             size_px=256))
+    out = tmp_path / "out"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env.pop("DISPLAY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etemlive", "analyze", str(movie), "--out", str(out),
+         "--backend", "classical", "--no-report"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        frames_csv = out / "frames.csv"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if frames_csv.exists() and len(frames_csv.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.1)
+        # Ctrl-C until it exits: the dashboard turns it into closing the window.
+        while time.monotonic() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "running headless" not in stderr  # the window did open
+    summary = json.loads((out / "summary.json").read_text())
+    analysed = summary["frames_analysed"]
+    assert 2 <= analysed <= 60
+    assert len(pd.read_csv(out / "frames.csv")) == analysed
