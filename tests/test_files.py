@@ -617,9 +617,15 @@ def test_ncem_emd_written_by_rosettasciio(tmp_path):
         np.testing.assert_array_equal(_read_all(movie), stack)
 
 
-def test_hdf5_file_is_released_on_close(tmp_path):
+@pytest.mark.parametrize("fmt", ["emd", "hspy"])
+def test_hdf5_file_is_released_on_close(tmp_path, fmt):
     h5py = pytest.importorskip("h5py")
-    path = write_velox_emd(tmp_path / "v.emd", _stack(2), pixel_size_m=1e-9, frame_time_s=1.0)
+    if fmt == "emd":
+        path = write_velox_emd(tmp_path / "v.emd", _stack(2), pixel_size_m=1e-9, frame_time_s=1)
+    else:
+        axes = [{"name": n, "size": k, "scale": 1.0, "offset": 0.0, "units": "nm",
+                 "navigate": n == "t"} for n, k in (("t", 2), ("y", 24), ("x", 40))]
+        path = _write_hspy(tmp_path / "h.hspy", _stack(2), axes)
     movie = open_movie(path)
     with pytest.raises(OSError):
         h5py.File(path, "a")  # HDF5 refuses read-write while our read-only handle is open

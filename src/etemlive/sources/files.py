@@ -989,10 +989,14 @@ def _close_h5_in_graph(data: Any) -> None:
         import h5py
     except ImportError:  # pragma: no cover - h5py comes with rsciio's HDF5 readers
         return
-    try:
-        values = dict(data.__dask_graph__()).values()
-    except Exception:  # pragma: no cover - not a dask array
+    graph = getattr(data, "dask", None)
+    layers = getattr(graph, "layers", None)
+    if layers is None:  # pragma: no cover - not a dask array
         return
+    # The HDF5 dataset sits in a small materialized layer ("original-array-..."); the
+    # per-chunk layers are not expanded, which would cost O(chunks) for a long movie.
+    values = [v for layer in layers.values() if (m := getattr(layer, "mapping", None))
+              is not None and len(m) <= 4 for v in m.values()]
     for value in values:
         obj = getattr(value, "value", value)  # dask >= 2024.12 wraps data in DataNode
         if isinstance(obj, h5py.Dataset):
