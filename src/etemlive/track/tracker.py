@@ -163,9 +163,9 @@ class TrackerConfig:
         areas (projected area shrinks as a merged particle relaxes: two equal spheres
         give 0.79); the same bound is used for splits.
     merge_margin_nm : float
-        Without label images, a lost particle merged into a detection when their centres
-        are within the sum of their radii plus this margin, nm (the merged particle moves
-        and relaxes).
+        A lost particle merged into a detection when their masks overlap (label images)
+        or their centres are within the sum of their radii, plus twice the lost
+        particle's typical step per frame (it moved on), plus this margin, nm.
     merge_growth_min : float
         The particle linked to a merge product must have grown by at least this fraction
         of the lost particles' area (a small particle vanishing next to a large one by
@@ -195,7 +195,7 @@ class TrackerConfig:
     drift_change_nm_per_frame: float = 0.05
     merge_overlap: float = 0.2
     merge_area_min: float = 0.55
-    merge_margin_nm: float = 5.0
+    merge_margin_nm: float = 1.0
     merge_growth_min: float = 0.25
     vanish_fraction: float = 0.3
     split_shrink: float = 0.85
@@ -539,6 +539,7 @@ class Tracker:
         self._peak = np.zeros(0)  # largest area so far, nm^2
         self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
         self._edge = np.zeros(0, dtype=bool)  # touched the image border when last seen
+        self._step = np.zeros(0)  # typical own displacement per frame (running mean), nm
         self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
         self._missed = np.zeros(0, dtype=np.int64)
         # every track ever, indexed by id
@@ -586,6 +587,7 @@ class Tracker:
             "_peak",
             "_label",
             "_edge",
+            "_step",
             "_seen",
             "_missed",
         ):
@@ -626,6 +628,7 @@ class Tracker:
         self._peak = np.concatenate([self._peak, area])
         self._label = np.concatenate([self._label, label])
         self._edge = np.concatenate([self._edge, edge])
+        self._step = np.concatenate([self._step, np.zeros(len(ids))])
         self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
 
@@ -884,6 +887,8 @@ class Tracker:
         mt, md = m_t[keep_m], m_d[keep_m]
         if len(mt):
             self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], det[md])
+            step = np.hypot(*(det[md] - self._pos[mt]).T) / (frame_idx - self._seen[mt])
+            self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
             self._pos[mt] = det[md]
             self._diam[mt] = diam[md]
             self._area[mt] = area[md]
@@ -1023,7 +1028,7 @@ class Tracker:
         dd = dist.ravel()
         # the two particles touched: centres within the sum of radii, plus the motion the
         # merged particle may have made since (merge_margin_nm)
-        reach = r_det[dj] + np.repeat(r_i, k) + cfg.merge_margin_nm
+        reach = r_det[dj] + np.repeat(r_i + 2 * self._step[cand], k) + cfg.merge_margin_nm
         if overlap is not None:
             prev_lab = np.where(self._seen[ci] == self._prev_labels_frame, self._label[ci], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
