@@ -1,0 +1,192 @@
+"""segment/classical.py: the classical baseline on analytic scenes and simulator truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from etemlive.errors import CalibrationError, InputError
+from etemlive.metrics import match_instances, score_segmentation
+from etemlive.segment import Segmenter
+from etemlive.segment.classical import ClassicalConfig, ClassicalSegmenter, segment_classical
+
+
+def _scene(disks, shape=(160, 160), *, bright=False, noise=4.0, gradient=0.0, seed=0,
+           background=100.0, contrast=40.0):
+    """Image with disks (row, col, radius) of a flat contrast, Gaussian-blurred edges
+    and Gaussian noise; returns (image float32, true labels)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    for k, (r, c, rad) in enumerate(disks, start=1):
+        rr, cc = disk((r, c), rad, shape=shape)
+        labels[rr, cc] = k
+    signal = cv2.GaussianBlur((labels > 0).astype(np.float32), (0, 0), 0.8)
+    ramp = 1.0 + gradient * np.linspace(-0.5, 0.5, shape[1])[None, :]
+    sign = 1.0 if bright else -1.0
+    image = (background + sign * contrast * signal) * ramp + rng.normal(0, noise, shape)
+    return image.astype(np.float32), labels
+
+
+_DISKS = [(30, 30, 9), (30, 90, 12), (90, 40, 7), (100, 110, 14), (130, 60, 8), (60, 130, 10)]
+
+
+def test_segmenter_protocol_and_output():
+    seg = ClassicalSegmenter()
+    assert isinstance(seg, Segmenter)
+    assert (seg.name, seg.device) == ("classical", "cpu")
+    image, _ = _scene(_DISKS)
+    labels = seg.segment(image, 1.0)
+    assert labels.dtype == np.int32
+    assert labels.shape == image.shape
+    # Consecutive labels 1..N.
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert set(seg.last_timings) == {"denoise", "threshold", "watershed"}
+
+
+@pytest.mark.parametrize("bright", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
+def test_disks_found_both_polarities(bright, dtype):
+    image, truth = _scene(_DISKS, bright=bright)
+    image = np.clip(image, 0, 255).astype(dtype)
+    labels = segment_classical(image, 1.0)
+    score = score_segmentation(labels, truth, 1.0)
+    assert score["f1"] == 1.0
+    # Flat-topped disks: the outline snapped to the steepest edge is within 1 px.
+    labels = segment_classical(image, 1.0, ClassicalConfig(snap_to_edges=True))
+    snapped = score_segmentation(labels, truth, 1.0)
+    assert snapped["f1"] == 1.0
+    assert snapped["diameter_mae_nm"] < min(1.0, score["diameter_mae_nm"])
+
+
+@pytest.mark.parametrize("polarity, found", [("dark", True), ("bright", False), ("auto", True)])
+def test_polarity_override(polarity, found):
+    image, truth = _scene(_DISKS, bright=False)
+    labels = segment_classical(image, 1.0, ClassicalConfig(polarity=polarity))
+    f1 = score_segmentation(labels, truth, 1.0)["f1"]
+    assert (f1 == 1.0) is found
+
+
+@pytest.mark.parametrize("small_radius, overlap", [(5, 0), (8, 1)])
+def test_small_particle_touching_large_one_is_split(small_radius, overlap):
+    # The Ostwald-ripening case: a small disk touching (or overlapping) a radius-14 one.
+    image, truth = _scene([(80, 60, 14), (80, 60 + 14 + small_radius - overlap, small_radius)],
+                          noise=2.0)
+    labels = segment_classical(image, 1.0)
+    match = match_instances(labels, truth)
+    assert labels.max() == 2
+    assert match.n_matched == 2
+    assert match.iou.min() > 0.7
+
+
+def test_two_equal_touching_disks_split_but_one_rod_not():
+    image, truth = _scene([(50, 50, 12), (50, 72, 12)], noise=2.0)
+    assert match_instances(segment_classical(image, 1.0), truth).n_matched == 2
+    # A 60 x 12 px rod (stadium) has a flat distance ridge: one particle.
+    import cv2
+
+    rod = np.zeros((120, 120), np.uint8)
+    cv2.line(rod, (30, 60), (90, 60), 1, thickness=12)
+    image = (100 - 40 * cv2.GaussianBlur(rod.astype(np.float32), (0, 0), 0.8)
+             + np.random.default_rng(1).normal(0, 2.0, rod.shape)).astype(np.float32)
+    assert segment_classical(image, 1.0).max() == 1
+
+
+def test_illumination_gradient_flattened():
+    image, truth = _scene(_DISKS, gradient=0.6, noise=3.0)
+    labels = segment_classical(image, 1.0)
+    assert score_segmentation(labels, truth, 1.0)["f1"] == 1.0
+
+
+def test_min_diameter_is_in_nm():
+    image, truth = _scene([(40, 40, 3), (40, 100, 12)], shape=(80, 140), noise=1.0)
+    cfg = ClassicalConfig(min_diameter_nm=5.0)
+    # 1 nm/px: the small disk is ~6 nm across, kept; 0.5 nm/px: ~3 nm, removed.
+    assert segment_classical(image, 1.0, cfg).max() == 2
+    assert segment_classical(image, 0.5, cfg).max() == 1
+
+
+def test_pure_noise_gives_almost_no_particles():
+    # 4-sigma seeds: at most a couple of stray blobs over 6 x 16k px of pure noise.
+    found = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        image = (100 + rng.normal(0, 3, (128, 128))).astype(np.float32)
+        found += int(segment_classical(image, 1.0).max())
+    assert found <= 2
+
+
+def test_constant_image():
+    assert segment_classical(np.full((64, 64), 7, np.uint16), 1.0).max() == 0
+
+
+def test_input_not_modified():
+    image, _ = _scene(_DISKS)
+    before = image.copy()
+    segment_classical(image, 1.0)
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), None])
+def test_bad_pixel_size(bad):
+    with pytest.raises(CalibrationError):
+        segment_classical(np.zeros((32, 32), np.uint16), bad)
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [(np.zeros((4, 32, 32), np.uint16), "2-D"), (np.zeros((0, 5), np.uint16), "empty"),
+     (np.zeros((8, 8), bool), "numeric")],
+)
+def test_bad_image(image, match):
+    with pytest.raises(InputError, match=match):
+        segment_classical(image, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"polarity": "up"}, "polarity"), ({"smoothing_nm": -1.0}, "smoothing_nm"),
+     ({"background_nm": float("nan")}, "background_nm"), ({"percentiles": (50, 10)}, "percentiles"),
+     ({"split_ratio": 1.5}, "split_ratio"), ({"min_diameter_nm": -2}, "min_diameter_nm")],
+)
+def test_config_validated(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        ClassicalConfig(**kwargs)
+
+
+def _sim_frame(scenario, *, bright_field=True, seed=7, size=512):
+    from etemlive.sources.simulate import SimulationConfig, simulate
+
+    cfg = SimulationConfig(scenario=scenario, seed=seed, n_frames=1, size_px=size,
+                           bright_field=bright_field)
+    frame = next(iter(simulate(cfg)))
+    return frame, cfg.pixel_size_nm
+
+
+@pytest.mark.parametrize(
+    "scenario, bright_field, min_f1",
+    [("ripening", True, 0.9), ("coalescence", True, 0.9), ("dense", True, 0.85),
+     ("ripening", False, 0.85)],
+)
+def test_simulator_ground_truth(scenario, bright_field, min_f1):
+    frame, px = _sim_frame(scenario, bright_field=bright_field)
+    labels = segment_classical(frame.image, px)
+    score = score_segmentation(labels, frame.labels.astype(np.int32), px)
+    assert score["n_true"] > 10
+    assert score["f1"] >= min_f1, score
+    assert score["diameter_mae_nm"] <= 1.0, score
+
+
+def test_real_sintering_image(shared_data):
+    from skimage.io import imread
+
+    from etemlive.metrics import score_against_mask
+
+    folder = shared_data / "msa_sintering" / "test"
+    image = imread(folder / "images" / "image_0.png")[..., 0]
+    mask = imread(folder / "labels" / "label_0.png")
+    labels = segment_classical(image, 1.0)
+    score = score_against_mask(labels, mask, 1.0)
+    assert score["f1"] >= 0.7, score
