@@ -49,7 +49,8 @@ def _start(source, **kwargs) -> tuple[ServeThread, str]:
 @pytest.mark.parametrize("socket_type", ["pub", "push"])
 def test_every_frame_and_the_end_arrive(socket_type: str) -> None:
     frames = _frames(25)
-    server, endpoint = _start(frames, socket_type=socket_type)
+    # sndhwm: a PUB drops what its high-water mark cannot hold (camera semantics).
+    server, endpoint = _start(frames, socket_type=socket_type, sndhwm=100)
     reader = "sub" if socket_type == "pub" else "pull"
     # PUB: the XPUB handshake holds the first frame until we subscribe (no slow joiner loss).
     with ZmqSource(endpoint, socket_type=reader, policy="lossless", queue_size=32, idle_timeout_s=10) as src:
@@ -62,6 +63,25 @@ def test_every_frame_and_the_end_arrive(socket_type: str) -> None:
     assert {f.series for f in got} == {"movie"}
     c = src.counters
     assert (c.received, c.analysed, c.series_ended, c.gaps) == (25, 25, 1, 0)
+
+
+def test_pub_drops_under_overload_but_the_end_arrives_and_every_frame_is_accounted() -> None:
+    n = 150
+    frames = _frames(n, shape=(256, 256))
+    server, endpoint = _start(frames, sndhwm=2)
+    with ZmqSource(endpoint, queue_size=2, rcvhwm=2, idle_timeout_s=10) as src:
+        got = []
+        for frame in src:
+            got.append(frame.index)
+            time.sleep(0.005)  # slow analysis
+    server.join(10)
+    c = src.counters
+    assert c.series_ended == 1  # the iteration ended on the end message, not the idle timeout
+    assert got == sorted(got)
+    # Every frame sent is either received here or a gap counted from the numbering.
+    assert c.received + c.gaps == n
+    assert server.frames_sent == c.received  # PUB drops at the sender, never silently in between
+    assert c.received == c.analysed + c.dropped + c.malformed
 
 
 def test_frames_without_series_get_the_source_name() -> None:

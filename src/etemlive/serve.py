@@ -54,12 +54,38 @@ def _drain_subscriptions(sock: zmq.Socket) -> None:
 
 
 def _send(sock: zmq.Socket, parts: Sequence[Any], stop: threading.Event, poll_ms: int) -> bool:
-    """Send one message, waiting in short steps while the peer pushes back."""
+    """PUSH: send one message, waiting in short steps while the reader pushes back."""
     while not sock.poll(poll_ms, zmq.POLLOUT):
         if stop.is_set():
             return False
     sock.send_multipart(parts, copy=False)
     return True
+
+
+def _publish(sock: zmq.Socket, parts: Sequence[Any]) -> bool:
+    """PUB: send one message now, or drop it (return False) when a subscriber is full.
+
+    The XPUB socket runs with XPUB_NODROP, so a full subscriber makes the send fail
+    here (and we drop the frame, like a camera) instead of libzmq silently
+    parking the subscriber, which would also lose the ``end`` message.
+    """
+    try:
+        sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return False
+    return True
+
+
+def _send_end(sock: zmq.Socket, parts: Sequence[Any], deadline_s: float) -> bool:
+    """Send the end message, retrying until the reader has room or the deadline passes."""
+    while True:
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            if time.monotonic() > deadline_s:
+                return False
+            time.sleep(0.01)
 
 
 def serve(
@@ -132,12 +158,15 @@ def serve(
     if loop and iter(source) is source:
         raise InputError("--loop needs a re-iterable source (a movie or the simulator), not an iterator")
     stop = stop_event if stop_event is not None else threading.Event()
-    sock, endpoint = open_socket(
-        SOCKET_TYPES[socket_type], bind, bind=not connect, options={zmq.SNDHWM: int(sndhwm)}
-    )
+    options = {zmq.SNDHWM: int(sndhwm)}
+    if socket_type == "pub":
+        options[zmq.XPUB_NODROP] = 1
+    sock, endpoint = open_socket(SOCKET_TYPES[socket_type], bind, bind=not connect, options=options)
     poll_ms = 50
     n_sent = 0
     n_in = 0
+    n_full = 0  # PUB: frames a full subscriber could not take
+    last_index = -1  # end's n_frames is one more than the last frame number
     series = str(getattr(source, "name", "") or "")
     try:
         if ready is not None:
@@ -169,23 +198,26 @@ def serve(
                 messages = [parts] if fault_hook is None else fault_hook(n_in, parts)
                 n_in += 1
                 n_pass += 1
+                last_index = frame.index
                 for message in messages:
-                    if not _send(sock, list(message), stop, poll_ms):
+                    if socket_type == "pub":
+                        if _publish(sock, list(message)):
+                            n_sent += 1
+                        else:
+                            n_full += 1
+                    elif _send(sock, list(message), stop, poll_ms):
+                        n_sent += 1
+                    else:
                         break
-                    n_sent += 1
                 if socket_type == "pub":
                     _drain_subscriptions(sock)
             if not loop or n_pass == 0:
                 break
-        end = encode_end(series, n_sent)
-        # Best effort: a PUSH with no reader must not block shutdown forever.
-        deadline = time.monotonic() + linger_s
-        while not sock.poll(poll_ms, zmq.POLLOUT):
-            if time.monotonic() > deadline:
-                logger.warning("could not send the end message on %s: no reader", endpoint)
-                break
-        else:
-            sock.send_multipart(end)
+        if n_full:
+            logger.warning("%d frames not sent on %s: a subscriber was too slow", n_full, endpoint)
+        # Best effort: a reader that went away must not block shutdown forever.
+        if not _send_end(sock, encode_end(series, last_index + 1), time.monotonic() + linger_s):
+            logger.warning("could not send the end message on %s: no reader took it", endpoint)
     finally:
         sock.close(linger=int(linger_s * 1000))
     return n_sent

@@ -133,7 +133,9 @@ class StreamCounters:
     queued : int
         Frames waiting in the queue now (0 after ``close()``).
     gaps : int
-        Frame numbers missing upstream (from the numbering), over all series.
+        Frame numbers missing upstream, over all series: holes in the numbering,
+        frames before the first one seen, and (from the ``end`` message's
+        ``n_frames``) frames after the last one seen.
     malformed_by_kind : dict
         ``malformed`` split by :class:`~etemlive.protocol.ProtocolError` kind.
     gaps_by_series : dict
@@ -183,9 +185,13 @@ class _Numbering:
         self.last = index
         return missing
 
-    def end(self, series: str) -> None:
-        if series == self.series:
-            self.series, self.last = None, -1
+    def end(self, series: str, n_frames: int) -> int:
+        """Close ``series``; return the frames missing after the last one seen."""
+        if series != self.series:
+            return 0
+        missing = max(0, n_frames - 1 - self.last)  # frames are numbered 0..n_frames-1
+        self.series, self.last = None, -1
+        return missing
 
 
 class ZmqSource:
@@ -282,6 +288,8 @@ class ZmqSource:
         self._logged_kinds: set[str] = set()
         self._numbering = _Numbering()
         self._closed = False
+        #: Why the receive thread ended: "end", "idle", "stopped" or "error: ..." (None while running).
+        self.end_reason: str | None = None
         self._thread = threading.Thread(target=self._receive_loop, name=f"zmq-receive {endpoint}", daemon=True)
         self._thread.start()
 
@@ -300,36 +308,45 @@ class ZmqSource:
         poller.register(self._sock, zmq.POLLIN)
         timeout_ms = max(1, int(self._receive_timeout_s * 1000))
         last_message_s = time.monotonic()
+        reason = "stopped"
         try:
             while not self._stop.is_set():
                 if not poller.poll(timeout_ms):
                     idle = self._idle_timeout_s
                     if idle is not None and time.monotonic() - last_message_s > idle:
                         logger.info("no message for %.1f s on %s: stopping", idle, self.name)
+                        reason = "idle"
                         break
                     continue
                 parts = self._sock.recv_multipart(copy=False)
                 received_s = time.perf_counter()
                 last_message_s = time.monotonic()
                 if self._handle(parts, received_s):
+                    reason = "end" if not self._stop.is_set() else "stopped"
                     break
         except Exception as err:  # handed to the consumer, raised from __iter__
+            reason = f"error: {err}"
             with self._cond:
                 self._queue.append(err)
                 self._cond.notify_all()
         finally:
             self._sock.close(linger=0)
             with self._cond:
+                self.end_reason = reason
                 self._finished = True
                 self._cond.notify_all()
 
     def _handle(self, parts: Sequence[Any], received_s: float) -> bool:
-        """Count and queue one message; return True when the stream should end."""
+        """Count and queue one message; return True when the stream should end.
+
+        Each message is counted in one locked step together with where it went
+        (malformed, dropped or queued), so every snapshot of the counters adds up.
+        """
         try:
             item = self._decode(parts, received_s)
+            if isinstance(item, Frame):
+                missing = self._numbering.check(item.series, item.index)
         except ProtocolError as err:
-            with self._lock:
-                self._received += 1
             self._count_malformed(err)
             return False
         if item is None:
@@ -337,32 +354,28 @@ class ZmqSource:
         if isinstance(item, EndOfSeries):
             with self._cond:
                 self._series_ended += 1
-                self._numbering.end(item.series)
+                trailing = self._numbering.end(item.series, item.n_frames)
+                if trailing:
+                    self._gaps[item.series] += trailing
                 if self._stop_on_end:
                     self._queue.append(item)
                     self._cond.notify_all()
             return self._stop_on_end
-        with self._lock:
-            self._received += 1
-        try:
-            missing = self._numbering.check(item.series, item.index)
-        except ProtocolError as err:
-            self._count_malformed(err)
-            return False
         if self._user_pixel_size is not None:
             item = dataclasses.replace(item, pixel_size_nm=self._user_pixel_size)
         elif item.pixel_size_nm is not None and self.pixel_size_nm is None:
             self.pixel_size_nm, self.pixel_size_source = item.pixel_size_nm, "metadata"
         with self._cond:
-            if missing:
-                self._gaps[item.series] += missing
             if self.policy == "lossless":
                 while len(self._queue) >= self.queue_size and not self._stop.is_set():
                     self._cond.wait(self._receive_timeout_s)
-                if self._stop.is_set():
-                    self._dropped += 1  # stopped while waiting: never queued
-                    return True
-            elif len(self._queue) >= self.queue_size:
+            self._received += 1
+            if missing:
+                self._gaps[item.series] += missing
+            if self._stop.is_set() and self.policy == "lossless":
+                self._dropped += 1  # stopped while waiting for room: never queued
+                return True
+            if len(self._queue) >= self.queue_size:
                 self._drop_oldest_frame()
             self._queue.append(item)
             self._cond.notify_all()
@@ -379,6 +392,7 @@ class ZmqSource:
 
     def _count_malformed(self, err: ProtocolError) -> None:
         with self._lock:
+            self._received += 1
             self._malformed[err.kind] += 1
             first = err.kind not in self._logged_kinds
             self._logged_kinds.add(err.kind)
