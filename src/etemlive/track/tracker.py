@@ -131,6 +131,10 @@ class TrackerConfig:
     max_gap_frames : int
         A track missed for up to this many frames is kept (predicted) and can be linked
         again (gap closing); one missed for longer has vanished.
+    edge_gap_frames : int
+        A track last seen cut by the image border may have left the field of view and
+        come back: it is kept this many frames, waiting where it left, and can only be
+        linked again to a detection cut by the border (gate growing as sqrt(gap)).
     gate_growth_per_gap : float
         The gate of a track missed for ``m`` frames is ``gate_nm * (1 + growth * m)``.
     gap_cost : float
@@ -184,6 +188,7 @@ class TrackerConfig:
 
     gate_nm: float = 10.0
     max_gap_frames: int = 5
+    edge_gap_frames: int = 50
     gate_growth_per_gap: float = 0.5
     gap_cost: float = 0.3
     size_weight: float = 0.5
@@ -215,7 +220,7 @@ class TrackerConfig:
             "drift_change_nm_per_frame",
         ):
             _non_negative(name, getattr(self, name))
-        for name in ("max_gap_frames", "min_drift_matches"):
+        for name in ("max_gap_frames", "edge_gap_frames", "min_drift_matches"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
                 raise InputError(f"TrackerConfig.{name} must be an integer >= 0, got {value!r}")
@@ -776,7 +781,7 @@ class Tracker:
         events: list[tuple[int, str, str, int]] = []
         if steps > 1 and len(self._ids):
             self._missed += steps - 1
-            self._vanish(self._missed > cfg.max_gap_frames, events)
+            self._vanish(self._missed > self._gap_limit(), events)
         if len(self._ids):
             self._x, self._P = self.motion_model.predict(self._x, self._P, steps * self._dt)
         pred = self._x[:, :2]
@@ -803,7 +808,7 @@ class Tracker:
         if use_labels and self._prev_labels is not None:
             shift = tuple(int(round(v)) for v in d_inc / self.pixel_size_nm)
             overlap = _Overlap(self._prev_labels, np.asarray(labels), shift)
-        ti, dj, cost = self._gated_costs(pred, det, diam, det_label, overlap)
+        ti, dj, cost = self._gated_costs(pred, det, diam, det_label, overlap, det_edge)
         m_t, m_d = solve_gated_assignment(
             len(self._ids), len(det), ti, dj, cost, cfg.unmatched_cost
         )
@@ -899,7 +904,7 @@ class Tracker:
             self._missed[mt] = 0
         lost = ~matched & ~ended
         self._missed[lost] += 1
-        self._vanish(lost & (self._missed > cfg.max_gap_frames) | ended, events, merged=ended)
+        self._vanish(lost & (self._missed > self._gap_limit()) | ended, events, merged=ended)
         new_idx = np.flatnonzero(det_is_new)
         if len(new_idx):
             self._append_tracks(
@@ -953,6 +958,13 @@ class Tracker:
             )
         return idx
 
+    def _gap_limit(self) -> np.ndarray:
+        """Frames each live track may stay missed: longer for one that left by the border."""
+        cfg = self.config
+        return np.where(
+            self._edge, max(cfg.edge_gap_frames, cfg.max_gap_frames), cfg.max_gap_frames
+        )
+
     def _gated_costs(
         self,
         pred: np.ndarray,
@@ -960,12 +972,24 @@ class Tracker:
         diam: np.ndarray,
         det_label: np.ndarray,
         overlap: _Overlap | None,
+        det_edge: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         if len(pred) == 0 or len(det) == 0:
             z = np.zeros(0, dtype=np.int64)
             return z, z, np.zeros(0)
-        gate = cfg.gate_nm * (1.0 + cfg.gate_growth_per_gap * self._missed)
+        missed = self._missed
+        gate = cfg.gate_nm * (
+            1.0 + cfg.gate_growth_per_gap * np.minimum(missed, cfg.max_gap_frames)
+        )
+        # A track that left the field of view (last seen on the border, missed longer than
+        # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap).
+        exited = missed > cfg.max_gap_frames
+        if exited.any():
+            pred = np.where(exited[:, None], self._pos, pred)
+            gate = np.where(
+                exited, gate * np.sqrt(np.maximum(missed, 1) / max(cfg.max_gap_frames, 1)), gate
+            )
         pairs = cKDTree(pred).sparse_distance_matrix(
             cKDTree(det), float(gate.max()), output_type="ndarray"
         )
@@ -973,14 +997,19 @@ class Tracker:
         dj = pairs["j"].astype(np.int64)
         dist = pairs["v"]
         ok = dist <= gate[ti]
+        if exited.any():
+            ok &= ~exited[ti] | det_edge[dj]  # it can only come back through the border
         ti, dj, dist = ti[ok], dj[ok], dist[ok]
         # a track missed for m frames has a wider gate but pays gap_cost per missed frame,
         # so a stale track never wins a particle from the track that saw it last frame
-        cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * self._missed[ti]
+        # (capped: a track back after a long absence is still a good link)
+        cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * np.minimum(missed[ti], 3)
         if cfg.size_weight:
             with np.errstate(divide="ignore", invalid="ignore"):  # zero / NaN sizes: no term
                 ratio = diam[dj] / self._diam[ti]
             size = np.abs(np.log(np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)))
+            # two views cut by the border say nothing about the particle's size
+            size[self._edge[ti] & det_edge[dj]] = 0.0
             cost = cost + cfg.size_weight * size
         if overlap is not None and cfg.overlap_weight:
             # only tracks seen in the previous frame have a mask there
