@@ -576,6 +576,7 @@ def test_hspy_stack_written_by_rosettasciio(tmp_path):
     path = _write_hspy(tmp_path / "stack.hspy", stack, axes)
     with open_movie(path) as movie:
         assert movie.n_frames == 4
+        assert movie._direct is not None  # frames sliced from HDF5, not through dask
         assert movie.pixel_size_nm == pytest.approx(1.5)
         assert movie.frame_interval_s == pytest.approx(0.25)
         np.testing.assert_array_equal(_read_all(movie), stack)
@@ -593,6 +594,7 @@ def test_velox_emd(tmp_path):
     np.testing.assert_array_equal(reference["data"], stack)
     with open_movie(path) as movie:
         assert movie.format == "emd" and movie.n_frames == 5
+        assert movie._direct is not None  # frames sliced from HDF5, not through dask
         assert movie.pixel_size_nm == pytest.approx(0.35)
         assert movie.frame_interval_s == pytest.approx(0.5)
         np.testing.assert_array_equal(_read_all(movie), stack)

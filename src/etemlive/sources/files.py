@@ -27,7 +27,7 @@ import threading
 import time
 import unicodedata
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -955,13 +955,47 @@ class _RsciioMovie(MovieReader):
         if frame_axes:
             ax = frame_axes[0]
             self._meta_frame_interval_s = time_to_s(ax.get("scale", 0), ax.get("units", ""))
+        self._direct = self._direct_reader(signal["data"], len(nav), order)
+
+    def _direct_reader(self, raw: Any, n_nav: int, order: list[int]) -> Callable[[int], Any] | None:
+        """A frame reader that slices the HDF5 dataset itself, or None.
+
+        A dask ``compute`` costs ~6 ms per frame in graph handling, an h5py slice of
+        the same 1024^2 frame ~0.4 ms. Used only for the layouts known here (array
+        order as stored; Velox's (rows, cols, frames)) and only after frame 0 read
+        both ways agrees, so an unexpected layout falls back to dask.
+        """
+        ds = _h5_dataset_of(raw)
+        if ds is None or ds.dtype != raw.dtype:
+            return None
+        shape = tuple(raw.shape)
+        reader: Callable[[int], Any] | None = None
+        if tuple(ds.shape) == shape and order == list(range(len(shape))):
+            nav_shape = shape[:n_nav]
+            reader = (lambda i: ds[tuple(int(k) for k in np.unravel_index(i, nav_shape))]
+                      ) if nav_shape else (lambda i: ds[()])
+        elif self.format == "emd" and ds.ndim == 3:
+            rows, cols, frames = ds.shape
+            if shape == (frames, rows, cols) and order == [0, 1, 2]:
+                reader = lambda i: ds[:, :, i]  # noqa: E731 - Velox: (rows, cols, frames)
+            elif shape == (rows, cols) and frames == 1:
+                reader = lambda i: ds[:, :, 0]  # noqa: E731
+        if reader is None:
+            return None
+        try:
+            agrees = np.array_equal(np.asarray(reader(0)), _dask_compute(self._data[0]))
+        except Exception:  # noqa: BLE001 - any doubt: keep the dask path
+            agrees = False
+        return reader if agrees else None
 
     def _read_raw(self, index: int) -> np.ndarray:
+        if self._direct is not None:
+            return np.asarray(self._direct(index))
         return _dask_compute(self._data[index])
 
     def _release(self) -> None:
         data = getattr(self, "_raw_data", None)
-        self._data = self._raw_data = None
+        self._data = self._raw_data = self._direct = None
         if data is not None:
             _close_h5_in_graph(data)
 
@@ -983,27 +1017,35 @@ def _split_axes(axes: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     return axes, nav, sig
 
 
-def _close_h5_in_graph(data: Any) -> None:
-    """Close the HDF5 files a lazy rsciio array keeps open."""
+def _h5_datasets_of(data: Any) -> list[Any]:
+    """The HDF5 datasets a lazy rsciio (dask) array reads from."""
     try:
         import h5py
     except ImportError:  # pragma: no cover - h5py comes with rsciio's HDF5 readers
-        return
-    graph = getattr(data, "dask", None)
-    layers = getattr(graph, "layers", None)
-    if layers is None:  # pragma: no cover - not a dask array
-        return
-    # The HDF5 dataset sits in a small materialized layer ("original-array-..."); the
+        return []
+    layers = getattr(getattr(data, "dask", None), "layers", None)
+    if layers is None:  # not a dask array
+        return []
+    # The dataset sits in a small materialized layer ("original-array-..."); the
     # per-chunk layers are not expanded, which would cost O(chunks) for a long movie.
     values = [v for layer in layers.values() if (m := getattr(layer, "mapping", None))
               is not None and len(m) <= 4 for v in m.values()]
-    for value in values:
-        obj = getattr(value, "value", value)  # dask >= 2024.12 wraps data in DataNode
-        if isinstance(obj, h5py.Dataset):
-            try:
-                obj.file.close()
-            except Exception:  # pragma: no cover - already closed
-                pass
+    values = [getattr(v, "value", v) for v in values]  # dask >= 2024.12 wraps in DataNode
+    return [v for v in values if isinstance(v, h5py.Dataset)]
+
+
+def _h5_dataset_of(data: Any) -> Any | None:
+    datasets = _h5_datasets_of(data)
+    return datasets[0] if len(datasets) == 1 else None
+
+
+def _close_h5_in_graph(data: Any) -> None:
+    """Close the HDF5 files a lazy rsciio array keeps open."""
+    for ds in _h5_datasets_of(data):
+        try:
+            ds.file.close()
+        except Exception:  # pragma: no cover - already closed
+            pass
 
 
 class DmMovie(_RsciioMovie):
