@@ -1063,9 +1063,7 @@ class Tracker:
             inter = overlap.intersection(prev_lab, det_label[dj])
             frac = inter / np.maximum(overlap.area_prev(prev_lab), 1)
             # the masks overlap, or (fast Brownian particles whose masks do not) they touched
-            # (a particle cut by the border may just have left the view: masks must overlap)
-            near = (dd <= reach) & ~np.repeat(self._edge[cand], k)
-            ok = ((prev_lab > 0) & (frac >= cfg.merge_overlap)) | near
+            ok = ((prev_lab > 0) & (frac >= cfg.merge_overlap)) | (dd <= reach)
         else:
             ok = dd <= reach
         ok &= np.isfinite(dd)
