@@ -639,6 +639,32 @@ def test_display_over_its_cpu_budget_skips_frames_until_the_run_ends(window, pro
 
 @pytest.mark.qt
 @qt
+def test_plots_follow_at_plot_hz_while_the_frame_follows_every_snapshot(qtbot, provider):
+    from etemlive.dashboard import DashboardWindow
+
+    w = DashboardWindow(provider, refresh_hz=0.0, plot_hz=4.0, cpu_budget=None)
+    qtbot.addWidget(w)
+    provider.index = 1
+    w.refresh()
+    assert len(w.count_curve.getOriginalDataset()[0]) == 2
+    provider.index = 2
+    w.refresh()  # at once: new frame drawn, plots wait for their 250 ms
+    assert w._drawn_index == 2 and w.plots_pending
+    assert len(w.count_curve.getOriginalDataset()[0]) == 2
+    qtbot.wait(300)
+    w.refresh()  # same frame, plots now due
+    assert not w.plots_pending
+    assert len(w.count_curve.getOriginalDataset()[0]) == 3
+    provider.index = 3
+    provider.running = False
+    w.refresh()  # the final state always includes the plots
+    assert len(w.count_curve.getOriginalDataset()[0]) == 4 and not w.plots_pending
+    with pytest.raises(ValueError, match="plot_hz"):
+        DashboardWindow(provider, plot_hz=0.0)
+
+
+@pytest.mark.qt
+@qt
 def test_pause_freezes_the_display_not_the_counters(window, provider):
     provider.index = 2
     window.refresh()

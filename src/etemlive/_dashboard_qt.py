@@ -107,6 +107,10 @@ class DashboardWindow(QtWidgets.QMainWindow):
     refresh_hz : float
         How often the timer reads the newest snapshot (Hz); 0 disables the timer
         (the caller then calls :meth:`refresh` or :meth:`draw_snapshot` itself).
+    plot_hz : float
+        Most redraws per second of the plots and the events list (> 0); the frame and
+        its outlines follow every new snapshot, the slowly changing plots need not
+        (they cost about half of a full redraw).
     colour_by : {"shape", "track"}
         Initial outline colouring.
     max_id_labels : int
@@ -140,6 +144,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         *,
         title: str = "etemlive",
         refresh_hz: float = 20.0,
+        plot_hz: float = 5.0,
         colour_by: str = "shape",
         max_id_labels: int = 300,
         contrast_percentiles: tuple[float, float] = (0.5, 99.5),
@@ -150,8 +155,13 @@ class DashboardWindow(QtWidgets.QMainWindow):
         super().__init__(parent)
         if not (math.isfinite(refresh_hz) and refresh_hz >= 0):
             raise ValueError(f"refresh_hz must be >= 0 and finite, got {refresh_hz!r}")
+        if not (math.isfinite(plot_hz) and plot_hz > 0):
+            raise ValueError(f"plot_hz must be > 0 and finite, got {plot_hz!r}")
         if colour_by not in ("shape", "track"):
             raise ValueError(f"colour_by must be 'shape' or 'track', got {colour_by!r}")
+        self._plot_interval_s = 1.0 / plot_hz
+        self._plots_drawn_s = -math.inf
+        self.plots_pending = False
         self.provider = core.as_provider(provider)
         self.colour_by = colour_by
         self.max_id_labels = int(max_id_labels)
@@ -333,7 +343,9 @@ class DashboardWindow(QtWidgets.QMainWindow):
                 # (then a later tick draws the then-newest frame: frames are conflated).
                 self.throttled = self.cpu_budget is not None and not self.cpu_budget.allow()
                 if not self.throttled or not running:
-                    self.draw_snapshot(snap)
+                    self.draw_snapshot(snap, plots=self._plots_due() or not running)
+            elif not self.paused and self.plots_pending and (self._plots_due() or not running):
+                self._draw_panels(self._snapshot)
             elif not self.paused and self.selected_tracks:
                 self._refresh_growth(force=False)
             self._update_status()
@@ -342,17 +354,30 @@ class DashboardWindow(QtWidgets.QMainWindow):
             log.exception("dashboard redraw failed")
             self._set_status(f"redraw failed ({self.redraw_errors}x): {exc}")
 
-    def draw_snapshot(self, snap: PipelineSnapshot) -> None:
-        """Draw one snapshot: frame, outlines, ids, scale bar, plots, events, health."""
+    def draw_snapshot(self, snap: PipelineSnapshot, *, plots: bool = True) -> None:
+        """Draw one snapshot: frame, outlines, ids, scale bar, health, and (``plots``)
+        the plots and the events list; without, they are marked pending."""
         self._snapshot = snap
         self._drawn_index = snap.frame_index
         self.redraws += 1
         self._draw_frame(snap)
+        self._update_health(snap)
+        self.image_title.setText(self._frame_title(snap))
+        if plots:
+            self._draw_panels(snap)
+        else:
+            self.plots_pending = True
+
+    def _plots_due(self) -> bool:
+        return time.monotonic() - self._plots_drawn_s >= self._plot_interval_s
+
+    def _draw_panels(self, snap: PipelineSnapshot) -> None:
+        """Plots, histogram, events list and growth curves of ``snap``."""
+        self._plots_drawn_s = time.monotonic()
+        self.plots_pending = False
         self._draw_plots(snap)
         self._draw_events(snap)
-        self._update_health(snap)
         self._refresh_growth(force=False)
-        self.image_title.setText(self._frame_title(snap))
 
     # ------------------------------------------------------------------ frame
     def _draw_frame(self, snap: PipelineSnapshot) -> None:
