@@ -547,6 +547,7 @@ def test_real_gatan_dm4(shared_data):
     reference = file_reader(str(path))[0]["data"]
     with open_movie(path) as movie:
         assert movie.format == "dm" and movie.n_frames == 1
+        assert movie._direct is not None
         assert movie.shape == (112, 112)
         assert movie.pixel_size_nm == pytest.approx(1.249, abs=5e-4)
         assert movie.pixel_size_source == "metadata"
@@ -688,6 +689,7 @@ def test_gatan_dm3_stack(tmp_path, units, scale, expected_nm):
     np.testing.assert_array_equal(file_reader(str(path))[0]["data"], stack)
     with open_movie(path) as movie:
         assert movie.format == "dm" and movie.n_frames == 5
+        assert movie._direct is not None  # plain reads at the pixel-data offset
         assert movie.pixel_size_nm == pytest.approx(expected_nm, rel=1e-6)  # float32 tags
         assert movie.frame_interval_s == pytest.approx(0.25)
         np.testing.assert_array_equal(_read_all(movie), stack)
