@@ -530,6 +530,37 @@ def test_plots_hold_the_expected_points(window, provider):
 
 @pytest.mark.qt
 @qt
+def test_live_fit_of_the_pipeline_is_drawn_over_histogram_and_mean_size(window, provider):
+    import dataclasses
+
+    from etemlive.analysis import LiveAnalysis
+
+    live = LiveAnalysis(update_every_n_frames=1000, window_frames=4)
+    for snap in provider.snapshots:
+        live.update(snap.particles)
+    result = live.refit(frame=provider.index)
+    assert result.distribution.status == "ok" and result.kinetics.status == "ok"
+    snap = dataclasses.replace(provider.latest_snapshot(), live_fit=result)
+    window.draw_snapshot(snap)
+    edges, counts = window.hist_curve.getOriginalDataset()
+    fx, fy = window.fit_curve.getOriginalDataset()
+    best = result.distribution.best_fit
+    expected = dash.model_pdf(best, fx) * counts.sum() * (edges[1] - edges[0])
+    np.testing.assert_allclose(fy, expected, rtol=1e-12)
+    assert f"{dash.model_name(best)}, live fit" in window.hist_plot.titleLabel.text
+    # Kinetics: 2 <r>(t) of the fit, dashed over the mean diameter, n in the title.
+    kx, ky = window.kinetics_curve.getOriginalDataset()
+    np.testing.assert_allclose(ky, 2 * result.kinetics.predict(kx), rtol=1e-12)
+    assert f"fit n = {result.kinetics.n:.2f}" in window.mean_plot.titleLabel.text
+    # A failed live fit falls back to this frame's own fit.
+    failed = dataclasses.replace(result, distribution=dataclasses.replace(
+        result.distribution, status="not enough data", models={}, best=None))
+    window.draw_snapshot(dataclasses.replace(snap, live_fit=failed, frame_index=99))
+    assert "live" not in window.hist_plot.titleLabel.text
+
+
+@pytest.mark.qt
+@qt
 def test_counters_and_warnings_show_the_pipelines_numbers(qtbot):
     from etemlive.dashboard import DashboardWindow
 

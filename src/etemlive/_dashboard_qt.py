@@ -281,6 +281,10 @@ class DashboardWindow(QtWidgets.QMainWindow):
             self.upper_curve, self.lower_curve, brush=pg.mkBrush(255, 200, 80, 60)
         )
         self.mean_plot.addItem(self.std_band)
+        # The live coarsening fit <r>^n - <r0>^n = k t, as mean diameter 2 <r>(t).
+        self.kinetics_curve = self.mean_plot.plot(
+            pen=pg.mkPen((255, 90, 90), width=2, style=QtCore.Qt.PenStyle.DashLine)
+        )
         for curve in (self.count_curve, self.mean_curve, self.upper_curve, self.lower_curve):
             # Long runs: draw at most a few points per screen pixel.
             curve.setDownsampling(auto=True, method="peak")
@@ -529,6 +533,19 @@ class DashboardWindow(QtWidgets.QMainWindow):
         band = ok & np.isfinite(std)
         self.upper_curve.setData(t[band], mean[band] + std[band])
         self.lower_curve.setData(t[band], mean[band] - std[band])
+        kinetics = core.live_kinetics(snap.live_fit)
+        title = "mean diameter ± 1 std"
+        if kinetics is not None and ok.any():
+            tk = np.linspace(max(kinetics.t0, float(t[ok].min())), float(t[ok].max()), 100)
+            with np.errstate(invalid="ignore"):
+                dk = 2.0 * kinetics.predict(tk)
+            good = np.isfinite(dk)
+            self.kinetics_curve.setData(tk[good], dk[good])
+            title += f"; fit n = {kinetics.n:.2f} ({kinetics.mechanism})"
+        else:
+            self.kinetics_curve.setData([], [])
+        if self.mean_plot.titleLabel.text != title:
+            self.mean_plot.setTitle(title)
 
         particles = snap.particles
         diameters = _column(particles, "diameter_nm")
@@ -539,7 +556,8 @@ class DashboardWindow(QtWidgets.QMainWindow):
             unit_d = "px"
         counts, edges = core.size_histogram(diameters)
         self.hist_curve.setData(edges, counts)
-        fit = core.fitted_curve(diameters, edges)
+        fit = core.fitted_curve(diameters, edges,
+                                live_fit=snap.live_fit if unit_d == "nm" else None)
         n = int(np.count_nonzero(np.isfinite(diameters) & (diameters > 0)))
         if fit is None:
             self.fit_curve.setData([], [])

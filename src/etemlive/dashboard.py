@@ -552,13 +552,50 @@ def lognormal_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
     return out
 
 
+def model_pdf(model: Any, x: np.ndarray) -> np.ndarray | None:
+    """Density at ``x`` (nm) of a fitted model of :mod:`etemlive.analysis` (``ModelFit``).
+
+    Sums the weighted components (normal, or log-normal with ``log_mean`` /
+    ``log_std``); None when a component is not usable.
+    """
+    x = np.asarray(x, dtype=float)
+    pdf = np.zeros_like(x)
+    lognormal = "lognormal" in str(getattr(model, "model", ""))
+    for c in getattr(model, "components", ()):
+        if lognormal:
+            if not (np.isfinite(c.log_mean) and c.log_std > 0):
+                return None
+            pdf += c.weight * lognormal_pdf(x, c.log_mean, c.log_std)
+        else:
+            if not (np.isfinite(c.mean_nm) and c.std_nm > 0):
+                return None
+            z = (x - c.mean_nm) / c.std_nm
+            pdf += c.weight * np.exp(-0.5 * z * z) / (c.std_nm * math.sqrt(2 * math.pi))
+    if not pdf.any() or not np.all(np.isfinite(pdf)):
+        return None
+    return pdf
+
+
+def model_name(model: Any) -> str:
+    """``"log-normal"``, ``"normal mixture of 2"`` ... for a fitted model."""
+    kind = "log-normal" if "lognormal" in str(getattr(model, "model", "")) else "normal"
+    k = len(getattr(model, "components", ()))
+    return f"{kind} mixture of {k}" if k > 1 else kind
+
+
 def fitted_curve(
-    diameters: np.ndarray, edges: np.ndarray, *, n_points: int = 200
+    diameters: np.ndarray,
+    edges: np.ndarray,
+    *,
+    live_fit: Any = None,
+    n_points: int = 200,
 ) -> tuple[np.ndarray, np.ndarray, str] | None:
     """The fitted size distribution, scaled to histogram counts.
 
-    Uses ``etemlive.analysis.fit_size_distribution`` when it is available and returns
-    a usable fit, else a log-normal by moments.
+    Uses, in order: the pipeline's live fit (``snapshot.live_fit``: the BIC-best model,
+    mixtures included, on the last frames, refreshed every few frames); else
+    ``etemlive.analysis.fit_size_distribution`` on this frame (one family, by BIC);
+    else a log-normal by moments.
 
     Returns
     -------
@@ -572,6 +609,11 @@ def fitted_curve(
         return None
     bin_width = float(edges[1] - edges[0])
     x = np.linspace(max(float(edges[0]), 1e-9), float(edges[-1]), n_points)
+    best = _live_best_fit(live_fit)
+    if best is not None:
+        pdf = model_pdf(best, x)
+        if pdf is not None:
+            return x, pdf * d.size * bin_width, f"{model_name(best)}, live"
     curve = _analysis_curve(d, x)
     if curve is not None:
         pdf, name = curve
@@ -580,6 +622,21 @@ def fitted_curve(
     if params is None:
         return None
     return x, lognormal_pdf(x, *params) * d.size * bin_width, "log-normal"
+
+
+def _live_best_fit(live_fit: Any) -> Any:
+    distribution = getattr(live_fit, "distribution", None)
+    if distribution is None or getattr(distribution, "status", "") != "ok":
+        return None
+    return getattr(distribution, "best_fit", None)
+
+
+def live_kinetics(live_fit: Any) -> Any:
+    """The live coarsening-kinetics fit (``KineticsFit``) when it succeeded, else None."""
+    kinetics = getattr(live_fit, "kinetics", None)
+    if kinetics is None or getattr(kinetics, "status", "") != "ok":
+        return None
+    return kinetics
 
 
 def _analysis_curve(d: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, str] | None:
@@ -594,28 +651,14 @@ def _analysis_curve(d: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, str] | No
     except Exception:  # the analysis module may not exist or not import here
         return None
     try:
-        result = fit_size_distribution(d, max_components=1, n_bootstrap=0, n_init=1)
-        best = result.best_fit
+        best = fit_size_distribution(d, max_components=1, n_bootstrap=0, n_init=1).best_fit
     except Exception:  # a failed fit on a live frame is not fatal: fall back
         log.debug("live size fit failed", exc_info=True)
         return None
     if best is None:
         return None
-    pdf = np.zeros_like(x)
-    lognormal = "lognormal" in best.model
-    for c in best.components:
-        if lognormal:
-            if not (np.isfinite(c.log_mean) and c.log_std > 0):
-                return None
-            pdf += c.weight * lognormal_pdf(x, c.log_mean, c.log_std)
-        else:
-            if not (np.isfinite(c.mean_nm) and c.std_nm > 0):
-                return None
-            z = (x - c.mean_nm) / c.std_nm
-            pdf += c.weight * np.exp(-0.5 * z * z) / (c.std_nm * math.sqrt(2 * math.pi))
-    if not np.all(np.isfinite(pdf)):
-        return None
-    return pdf, "log-normal" if lognormal else "normal"
+    pdf = model_pdf(best, x)
+    return None if pdf is None else (pdf, model_name(best))
 
 
 def health_lines(snapshot: PipelineSnapshot) -> list[str]:
