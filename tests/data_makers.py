@@ -128,12 +128,12 @@ class _Unnamed(list):
     """A DM tag group whose entries have no names (Dimensions, ImageList, ...)."""
 
 
-def _dm3_value(value: object) -> bytes:
+def _dm3_value(value: object, parts: list[bytes]) -> None:
     """One DM3 data tag body after its name: '%%%%', info array (big-endian), data (LE)."""
     if isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
         info = [20, _DM_ENC[np.dtype(value.dtype)], arr.size]
-        payload = arr.tobytes()
+        payload = arr.data  # no copy of the (large) pixel block
     elif isinstance(value, str):  # DM stores text as an array of UTF-16 code units
         codes = np.frombuffer(value.encode("utf-16-le"), dtype="<u2")
         info, payload = [20, 4, codes.size], codes.tobytes()
@@ -145,20 +145,20 @@ def _dm3_value(value: object) -> bytes:
         info, payload = [6], struct.pack("<f", value)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as a DM tag")
-    return b"%%%%" + struct.pack(f">I{len(info)}I", len(info), *info) + payload
+    parts += [b"%%%%", struct.pack(f">I{len(info)}I", len(info), *info), payload]
 
 
-def _dm3_group(items: dict | _Unnamed) -> bytes:
-    entries = items.items() if isinstance(items, dict) else (("", v) for v in items)
-    entries = list(entries)
-    out = bytearray(struct.pack(">BBI", 0, 1, len(entries)))
+def _dm3_group(items: dict | _Unnamed, parts: list[bytes]) -> None:
+    entries = list(items.items() if isinstance(items, dict) else (("", v) for v in items))
+    parts.append(struct.pack(">BBI", 0, 1, len(entries)))
     for name, value in entries:
         label = name.encode("latin-1")
-        if isinstance(value, dict | _Unnamed):
-            out += struct.pack(">BH", 20, len(label)) + label + _dm3_group(value)
+        is_group = isinstance(value, dict | _Unnamed)
+        parts.append(struct.pack(">BH", 20 if is_group else 21, len(label)) + label)
+        if is_group:
+            _dm3_group(value, parts)
         else:
-            out += struct.pack(">BH", 21, len(label)) + label + _dm3_value(value)
-    return bytes(out)
+            _dm3_value(value, parts)
 
 
 def write_dm3(
@@ -198,8 +198,12 @@ def write_dm3(
         "ImageTags": {"etemlive": {"written by": "tests/data_makers.py"}},
         "Name": Path(path).stem,
     }
-    root = _dm3_group({"ImageList": _Unnamed([image])})
-    body = root + bytes(8)  # DM3 files end with 8 zero bytes
-    header = struct.pack(">III", 3, len(body) + 4, 1)
-    Path(path).write_bytes(header + body)
+    parts: list[bytes] = []
+    _dm3_group({"ImageList": _Unnamed([image])}, parts)
+    parts.append(bytes(8))  # DM3 files end with 8 zero bytes
+    size = sum(memoryview(p).nbytes for p in parts)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(">III", 3, size + 4, 1))
+        for part in parts:
+            fh.write(part)
     return Path(path)

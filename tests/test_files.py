@@ -326,7 +326,7 @@ def test_tiff_frames_stream_one_at_a_time(tmp_path, compression):
     assert peak < 6 * frame_bytes, f"peak {peak / 1e6:.1f} MB for {frame_bytes / 1e6:.2f} MB frames"
 
 
-@pytest.mark.parametrize("fmt", ["tif", "mrc", "ser"])
+@pytest.mark.parametrize("fmt", ["tif", "mrc", "ser", "dm3", "emd"])
 def test_resident_memory_stays_flat_over_a_large_file(tmp_path, fmt):
     """Reading an 80 MB movie end to end grows RSS by far less than the file (no mmap)."""
     psutil = pytest.importorskip("psutil")
@@ -339,8 +339,12 @@ def test_resident_memory_stays_flat_over_a_large_file(tmp_path, fmt):
         mrcfile = pytest.importorskip("mrcfile")
         with mrcfile.new(path) as mrc:
             mrc.set_data(stack)
-    else:
+    elif fmt == "ser":
         write_ser(path, stack, pixel_size_m=1e-9)
+    elif fmt == "dm3":
+        write_dm3(path, stack, scale=1.0, units="nm")
+    else:
+        write_velox_emd(path, stack, pixel_size_m=1e-9, frame_time_s=1.0)
     del stack
     process = psutil.Process()
     with open_movie(path) as movie:
