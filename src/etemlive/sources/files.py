@@ -5,9 +5,9 @@ the extension is unknown) and returns a context-managed source that yields one
 :class:`~etemlive.frames.Frame` at a time. No reader loads the whole movie:
 uncompressed TIFF, MRC and FEI ser frames are fetched with one positioned read each
 (not memory-mapped, so resident memory stays at about one frame), compressed TIFF
-is decoded page by page, dm3/dm4 are mapped by RosettaSciIO one chunk per frame,
-HDF5 files (Velox emd, HyperSpy hspy) are sliced one frame at a time, videos are
-decoded frame by frame and image folders read one file per frame.
+is decoded page by page, dm3/dm4 frames are read at the data offset RosettaSciIO's
+tag parser finds, HDF5 files (Velox / NCEM emd, HyperSpy hspy) are sliced one frame
+at a time, videos are decoded frame by frame and image folders read one file per frame.
 
 Pixel size (nm/px) and frame interval (s) come from the file's metadata where the
 format has them; values the caller passes override them. A frame that cannot be
@@ -1054,7 +1054,8 @@ def _close_h5_in_graph(data: Any) -> None:
 
 
 class DmMovie(_RsciioMovie):
-    """Gatan DigitalMicrograph dm3 / dm4 via ``rsciio.digitalmicrograph`` (memory-mapped)."""
+    """Gatan DigitalMicrograph dm3 / dm4: tags via ``rsciio.digitalmicrograph``, frames by
+    positioned reads at the pixel-data offset (RosettaSciIO's lazy array as fallback)."""
 
     format = "dm"
 
