@@ -2,36 +2,48 @@
 
 The pipeline of the seeds, made scale-aware and fast enough for live use:
 
-1. **Denoise** with a Gaussian (``cv2.GaussianBlur``, separable, float32).
-   Chosen by measurement at 1024^2 on this 2-core machine: Gaussian sigma 1 px
-   ~3 ms, median 5x5 on uint8 ~5 ms, bilateral d=5 ~15 ms,
-   ``cv2.fastNlMeansDenoising`` h=10 on uint8 ~250 ms, skimage non-local means
-   > 5 s. Shot noise is white and particles are many pixels wide, so after
-   thresholding the Gaussian's edge blur is what matters; at the default dose the
-   Gaussian gave the same F1 as fastNlMeans at 1/80 of the time.
-2. **Polarity**: particles are the minority phase, so the skewness of the
-   smoothed, flattened intensities says dark (< 0, bright field) or bright (> 0,
-   dark field / HAADF); ``polarity="dark"|"bright"`` overrides it.
-3. **Background flattening**: a grey closing (dark particles) or opening (bright
-   particles) with a disk larger than the particles removes them and keeps the
-   carbon support and the illumination gradient; it is computed on a
-   downsampled copy (fast at any radius) and subtracted.
-4. **Percentile stretch** (1, 99.5 %) to uint8, then **Otsu** (``cv2.threshold``).
-5. **Opening / closing** with a small disk, then small objects removed.
+1. **Size, polarity and noise first**, on a 4x area-averaged copy (noise / 4):
+   polarity from the skewness (particles are the minority phase: < 0 dark
+   particles, bright field; > 0 bright, dark field / HAADF; ``polarity``
+   overrides), the particles' typical and large diameters from the inscribed
+   radii of a first Otsu pass, and the contrast-to-noise ratio.
+2. **Denoise** with a Gaussian (``cv2.GaussianBlur``, float32), sigma from the
+   noise (1 px at the default dose, up to 3 px at low dose) and at least 5 % of
+   the particle size (grainy real images). Chosen by measurement on the
+   simulator at 1024^2 (``ripening`` / ``dense``, seed 1, this 2-core machine
+   under load, CPU ms): Gaussian sigma 1: 1.9 ms, F1 0.989 / 0.944; median 5x5
+   on uint8: 0.8 ms, F1 0.986 / 0.906; bilateral d=5: 6.9 ms, F1 0.975 / 0.859;
+   ``cv2.fastNlMeansDenoising`` h=10 on uint8: 660 ms, F1 0.26 / 0.30 (its
+   output is no longer white noise, which the noise-relative thresholds below
+   rely on); skimage non-local means: ~1.1 s (72 ms per 256^2 tile).
+3. **Background flattening**: a tilted plane is fitted and removed, then a grey
+   opening (particles made bright) with a disk of twice the large particle
+   diameter, on a downsampled copy, smoothed and subtracted: the carbon support
+   and the illumination gradient go, the particles stay.
+4. **Percentile stretch** (1, 99.5 %) to uint8 and **Otsu** (``cv2.threshold``),
+   used in a **hysteresis**: a particle is a connected region above a
+   noise-relative low threshold (2.5 sigma) whose peak reaches the Otsu level
+   (at most 6 sigma, at least 4 sigma: a faint second family is kept, pure
+   noise is not).
+5. **Opening / closing** with a small disk, hole filling, then every region is
+   trimmed to 20 % of its own peak contrast (``edge_fraction``): the outline of
+   a sphere, whose projected thickness falls to zero at the rim, independent of
+   the dose; gaps between neighbours reappear.
 6. **Distance transform** (``cv2.distanceTransform``), normalized per connected
-   region (``dist / max(dist in region)``, the seeds' normalization); markers are
-   the local maxima of the log of the distance whose prominence over the saddle
-   toward any neighbour is at least ``split_ratio`` of their own height. In log
-   space this is one relative criterion for every particle size, so a small
-   particle touching a large one is split as readily as two equal ones (the
-   Ostwald-ripening case), while a rod's ridge or a coalescence neck is not.
-7. **Watershed** on the (negative) distance within the mask, then regions whose
-   saddle is too high are merged (the same relative criterion), and objects
-   under ``min_diameter_nm`` removed.
+   region (``dist / max(dist in region)``, the seeds' normalization) as the
+   watershed relief; seeds are the local maxima of the smoothed distance.
+7. **Watershed** (scikit-image; only regions with two or more seeds, at half
+   resolution when particles are >= 16 px), then adjacent regions are merged
+   unless the distance dips between them by ``split_ratio`` of the lower peak
+   (a relative, h-maxima-in-log-space criterion, the same for every size, so a
+   small particle touching a large one is split as readily as two equal ones:
+   the Ostwald-ripening case) or the particle signal dips by 4 noise sigma.
+8. Each particle is trimmed again to 20 % of its own peak (a faint particle
+   beside a dark one), and objects under ``min_diameter_nm`` are removed.
 
 Sizes are in nm and converted with the pixel size; where a size is ``None`` it is
-derived from the particles' own size, estimated from a first Otsu pass
-(so the same defaults work at 0.2 and at 2 nm/px).
+derived from the particles' own size measured in step 1 (so the same defaults
+work at 0.2 and at 2 nm/px). The few pixel constants are sampling limits.
 """
 
 from __future__ import annotations
@@ -70,6 +82,11 @@ class ClassicalConfig:
         With ``smoothing_nm`` / ``morphology_nm`` None, the smoothing sigma and the
         morphology radius are at least this fraction of the particle size from
         the first pass (grainy real images need smoothing at the particle scale).
+    watershed_half_res_px : float
+        When the typical particle diameter is at least this (px), the split
+        lines between touching particles are computed at half resolution (4x
+        fewer pixels in the costliest stage); ``inf`` disables it. In px: it is a
+        sampling trade-off, not a physical size.
     background_nm : float or None
         Radius of the background-flattening disk in nm; None: 2x the large
         (95th percentile) particle diameter of a first pass (at least 16 px).
@@ -125,6 +142,7 @@ class ClassicalConfig:
     min_seed_sigma: float = 4.0
     min_diameter_nm: float = 1.0
     smoothing_fraction: float = 0.05
+    watershed_half_res_px: float = 16.0
     fill_holes: bool = True
     snap_to_edges: bool = False
     edge_fraction: float = 0.2
@@ -333,15 +351,15 @@ def _snap_to_edges(labels: np.ndarray, contrast: np.ndarray, level: float | None
     lab = labels.ravel()[fg]
     peak = _label_max(contrast, labels, n + 1)
     peak = np.where(peak > 0, peak, np.inf)
-    gx = cv2.Sobel(contrast, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(contrast, cv2.CV_32F, 0, 1, ksize=3)
-    grad = np.sqrt(gx * gx + gy * gy).ravel()[fg] / 8.0  # Sobel 3x3 gain 8 for a unit slope
     scale = peak[lab]
     u = contrast.ravel()[fg] / scale
     if level is not None:
         trimmed = labels.copy()
         trimmed.ravel()[fg[u < level]] = 0
         return trimmed, level
+    gx = cv2.Sobel(contrast, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(contrast, cv2.CV_32F, 0, 1, ksize=3)
+    grad = np.sqrt(gx * gx + gy * gy).ravel()[fg] / 8.0  # Sobel 3x3 gain 8 for a unit slope
     g = grad / scale
     n_bins = 40
     b = np.clip((u * n_bins).astype(np.int64), 0, n_bins - 1)
@@ -360,7 +378,7 @@ def _snap_to_edges(labels: np.ndarray, contrast: np.ndarray, level: float | None
 
 
 def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.ndarray,
-                     n_regions: int) -> np.ndarray:
+                     n_regions: int, factor: int = 1) -> np.ndarray:
     """Watershed of ``-dist_norm`` from ``markers``, run only where it matters.
 
     A connected region with a single seed is already one particle; only regions
@@ -381,15 +399,47 @@ def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.nda
     if not multi.any():
         return labels
     in_multi = multi[regions]
-    rows = np.flatnonzero(in_multi.any(axis=1))
-    cols = np.flatnonzero(in_multi.any(axis=0))
+    # Bounding box of the multi-seed regions (columns searched in the row band only).
+    rows = np.flatnonzero(np.logical_or.reduce(in_multi, axis=1))
+    cols = np.flatnonzero(np.logical_or.reduce(in_multi[rows[0]:rows[-1] + 1], axis=0))
     box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     sub_mask = in_multi[box]
     sub_markers = np.where(sub_mask, markers[box], 0)
-    ws = watershed(-dist_norm[box], sub_markers, mask=sub_mask)
+    if factor > 1:
+        ws = _watershed_downsampled(-dist_norm[box], sub_markers, sub_mask, factor)
+    else:
+        ws = watershed(-dist_norm[box], sub_markers, mask=sub_mask)
     # Watershed regions get labels above every region id.
     labels[box][sub_mask] = ws[sub_mask] + n_regions
     return labels
+
+
+def _watershed_downsampled(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray,
+                           factor: int) -> np.ndarray:
+    """Watershed on ``factor``-times block-reduced arrays, labels repeated back.
+
+    Relief: block mean; markers and mask: block max (no seed is lost, the mask
+    keeps its connectivity). Only the split lines between touching particles
+    are coarser (``factor`` px); the particle / background outline stays the
+    full-resolution mask.
+    """
+    rows, cols = relief.shape
+    pr, pc = (-rows) % factor, (-cols) % factor
+    if pr or pc:
+        relief = np.pad(relief, ((0, pr), (0, pc)), mode="edge")
+        markers = np.pad(markers, ((0, pr), (0, pc)))
+        mask = np.pad(mask, ((0, pr), (0, pc)))
+    r2, c2 = relief.shape[0] // factor, relief.shape[1] // factor
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a.reshape(r2, factor, c2, factor)
+
+    low_relief = blocks(relief).mean(axis=(1, 3))
+    low_markers = blocks(markers).max(axis=(1, 3))
+    low_mask = blocks(mask).any(axis=(1, 3))
+    low = watershed(low_relief, low_markers, mask=low_mask)
+    full = np.repeat(np.repeat(low, factor, axis=0), factor, axis=1)
+    return full[:rows, :cols]
 
 
 def _merge_weak_splits(labels: np.ndarray, dist: np.ndarray, intensity: np.ndarray,
@@ -552,7 +602,10 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
     smooth_dist = cv2.GaussianBlur(dist, (0, 0), cfg.dist_sigma_px)
     signal = cv2.GaussianBlur(flat, (0, 0), 1.0)
     markers = _markers(smooth_dist, signal, mask)
-    labels = _watershed_multi(dist_norm, markers, regions, n_regions)
+    # Split lines at half resolution when particles are large enough (median
+    # > 16 px): the watershed is the costliest stage and scales with the pixels.
+    ws_factor = 2 if size_px >= cfg.watershed_half_res_px else 1
+    labels = _watershed_multi(dist_norm, markers, regions, n_regions, ws_factor)
     labels = _merge_weak_splits(labels, smooth_dist, signal, cfg, cfg.split_sigma * sigma)
     # Outline: a fixed fraction of each particle's own peak contrast (sphere rims)
     # or the steepest edge level (flat-topped particles), not the noise level,
