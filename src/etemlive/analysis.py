@@ -1297,7 +1297,7 @@ def write_plots(
     fig = _figure()
     ax = fig.add_subplot()
     rows = _size_rows(particles if particles is not None else pd.DataFrame())
-    if len(rows) and "track_id" in rows:
+    if len(rows) and "track_id" in rows and rows["track_id"].notna().any():
         longest = rows["track_id"].value_counts().head(8).index
         for tid_, g in rows.loc[rows["track_id"].isin(longest)].groupby("track_id"):
             ax.plot(g["time_s"], g["diameter_nm"], lw=1.0, label=f"track {int(tid_)}")
@@ -1337,7 +1337,8 @@ def write_plots(
     pts: pd.DataFrame = result["growth_points"]
     grow = result["kinetics"].get("growth_rate_vs_size", {})
     if len(pts):
-        ax.plot(pts["r_nm"], pts["drdt_nm_per_s"], ".", ms=3, alpha=0.5, color="0.4",
+        shown = pts.sample(4000, random_state=0) if len(pts) > 4000 else pts  # drawing time
+        ax.plot(shown["r_nm"], shown["drdt_nm_per_s"], ".", ms=3, alpha=0.5, color="0.4",
                 label="track segments")
         x = pts["r_nm"].to_numpy(float)
         if x.size >= 20:
