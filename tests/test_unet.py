@@ -139,3 +139,22 @@ def test_retrain_reproduces_loss_curve_start(tmp_path):
     _, other = _train_args(tmp_path, seed=1)
     l3 = [c["loss"] for c in train_unet.train(other)["curve"]]
     assert l3 != l1  # another seed draws other data
+
+
+def test_fold_batchnorm_same_function():
+    from etemlive.segment.unet import fold_batchnorm
+
+    torch.manual_seed(4)
+    m = UNet(UNetConfig(base_channels=4, levels=3))
+    m.train()
+    with torch.no_grad():  # move BN statistics away from identity
+        for _ in range(3):
+            m(torch.randn(4, 1, 32, 32) * 2 + 1)
+    m.eval()
+    x = torch.randn(2, 1, 32, 48)
+    with torch.inference_mode():
+        ref = m(x)
+    fold_batchnorm(m)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), ref, atol=1e-4, rtol=1e-4)

@@ -72,7 +72,8 @@ def gpu_bench(size_px: int = 2048, *, seconds: float = 6.0, batch_size: int = 8,
     from etemlive.segment.backends import TorchCudaRunner
 
     weights = engines / "unet.pt"
-    images, labels, px_nm = sim_frames(size_px, 8)
+    images, labels, px_nm = sim_frames(size_px, 8, scenario="ripening")
+    dense, _, _ = sim_frames(size_px, 4, scenario="dense")
     res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "size_px": size_px,
                  "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  "cpu_cores": os.cpu_count()}
@@ -80,7 +81,7 @@ def gpu_bench(size_px: int = 2048, *, seconds: float = 6.0, batch_size: int = 8,
     seg = UNetSegmenter(fast, max_frame_px=4096)
 
     # model only: normalized batch already on the host, graph replay, maps back to host (fp16)
-    for bs in (1, 4, batch_size):
+    for bs in (1, 4, batch_size, 2 * batch_size):
         frames = [images[i % len(images)] for i in range(bs)]
         fast.predict_frames(frames)
         n, t0 = 0, time.perf_counter()
@@ -100,8 +101,8 @@ def gpu_bench(size_px: int = 2048, *, seconds: float = 6.0, batch_size: int = 8,
     res["network_only_fps"] = round(reps * batch_size / (time.perf_counter() - t0), 1)
 
     # end to end: raw uint16 frame in -> int32 labels out (normalize, network, instances), streamed
-    def stream(n_frames: int, bs: int):
-        it = (images[i % len(images)] for i in range(n_frames))
+    def stream(n_frames: int, bs: int, frames=images):
+        it = (frames[i % len(frames)] for i in range(n_frames))
         t0 = time.perf_counter()
         out = list(seg.segment_stream(it, px_nm, batch_size=bs))
         return len(out) / (time.perf_counter() - t0)
@@ -109,6 +110,9 @@ def gpu_bench(size_px: int = 2048, *, seconds: float = 6.0, batch_size: int = 8,
     stream(2 * batch_size, batch_size)
     for bs in (4, batch_size):
         res[f"e2e_fps_b{bs}"] = round(stream(max(64, int(seconds * 20)), bs), 1)
+    res["e2e_fps_dense"] = round(stream(48, batch_size, dense), 1)
+    res["particles_per_frame"] = int(seg.segment(images[0], px_nm).max())
+    res["particles_per_frame_dense"] = int(seg.segment(dense[0], px_nm).max())
     # latency of one frame, alone (segment(): normalize + network + instances)
     lat = []
     for i in range(60):
@@ -118,13 +122,14 @@ def gpu_bench(size_px: int = 2048, *, seconds: float = 6.0, batch_size: int = 8,
     res["latency_p50_ms"] = round(_pctl(lat[5:], 50), 2)
     res["latency_p99_ms"] = round(_pctl(lat[5:], 99), 2)
     # instance step alone on one core
-    maps = seg.predict_maps(images[0])
-    t_inst = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        maps_to_instances(maps[0], maps[1])
-        t_inst.append(time.perf_counter() - t0)
-    res["instances_ms_one_core"] = round(1e3 * float(np.median(t_inst)), 1)
+    for name, im in (("", images[0]), ("_dense", dense[0])):
+        maps = seg._maps([im])[0]
+        t_inst = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            maps_to_instances(maps[0], maps[1])
+            t_inst.append(time.perf_counter() - t0)
+        res[f"instances_ms_one_core{name}"] = round(1e3 * float(np.median(t_inst)), 1)
 
     # agreement: fp32 torch CUDA and ONNX Runtime CPU vs fp16 fast runner, same normalized input
     ref = UNetSegmenter(TorchRunner(weights, device="cuda"), max_frame_px=4096)

@@ -45,6 +45,7 @@ if str(ROOT / "src") not in sys.path:
 from etemlive.segment.instances import maps_to_instances, training_targets  # noqa: E402
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out samples use indices >= this
+SAMPLER = "mix"  # set from --sampler (module level so forked workers see it)
 
 
 def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
@@ -73,9 +74,8 @@ def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
             "illumination_gradient": float(rng.uniform(0.0, 0.3)),
         }
         try:
-            frame = None
-            for frame in sim.simulate(sim.SimulationConfig(**params)):
-                pass
+            frames = list(sim.simulate(sim.SimulationConfig(**params)))  # <= 4 small frames
+            frame = frames[-1] if frames else None
         except Exception:  # a combination the simulator refuses or cannot render: draw again
             continue
         if frame is not None:
@@ -87,7 +87,12 @@ def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.n
     """Sample ``index`` of the data set: (raw image f32, fg u8, dist f16, labels u16)."""
     from etemlive.sources import simulate as sim
 
-    render = getattr(sim, "render_training_sample", scene_from_movie_simulator)
+    # even samples: the simulator's training-scene sampler (broad: 1-100 nm, 0.05-2 nm/px,
+    # 3-3000 e-/px, shapes, necks, liquid); odd samples: frames of its movie scenarios
+    # with randomized settings (what the analysis sees). Falls back to the latter alone.
+    render = getattr(sim, "render_training_sample", None)
+    if render is None or SAMPLER == "movie" or (SAMPLER == "mix" and index % 2):
+        render = scene_from_movie_simulator
     rng = np.random.default_rng([seed, index])
     image, labels, _params = render(rng, size_px=tile_px)
     image = np.asarray(image, np.float32)
@@ -116,7 +121,7 @@ def render_pool(seed: int, indices: range, tile_px: int, workers: int):
     return img, fg, dist, labels
 
 
-def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True):
+def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, texture: float = 0.0):
     """Dihedral transform, gamma, normalization (as normalize_frame) and noise, on x's device.
 
     x: (B,1,T,T) float32 raw counts; fg, dist: float32 targets. Returns (xn, fg, dist).
@@ -151,7 +156,26 @@ def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True):
         sigma = (torch.rand(b, generator=gen) * 0.08 * (torch.rand(b, generator=gen) < 0.5)).to(dev)
         noise = torch.randn(x.shape, generator=gen_dev, device=dev)
         xn = xn + noise * sigma.view(b, 1, 1, 1)
+        if texture > 0:
+            # Grainy background texture of either sign, 0.6-2.5 px grains, over the whole
+            # frame: real carbon films are grainier than the simulated ones, and a network
+            # that never saw such grains calls the bright ones dark-field particles.
+            amp = torch.rand(b, generator=gen) * texture * (torch.rand(b, generator=gen) < 0.5)
+            grain_px = float(torch.empty(1).uniform_(0.6, 2.5, generator=gen))
+            tex = gaussian_blur(torch, torch.randn(x.shape, generator=gen_dev, device=dev), grain_px)
+            tex = tex / tex.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            xn = xn + tex * amp.to(dev).view(b, 1, 1, 1)
     return xn.clamp(-0.5, 1.5), fg, dist
+
+
+def gaussian_blur(torch, x, sigma_px: float):
+    """Separable Gaussian blur of (B,1,H,W) with reflect padding."""
+    r = max(1, int(3 * sigma_px + 0.5))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma_px) ** 2)
+    k = k / k.sum()
+    x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1))
 
 
 def f1_score_simple(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> tuple[int, int, int]:
@@ -170,6 +194,9 @@ def f1_score_simple(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0
 
 def train(args: argparse.Namespace) -> dict:
     import torch
+
+    global SAMPLER
+    SAMPLER = args.sampler
 
     from etemlive.segment.unet import (
         UNet,
@@ -191,7 +218,12 @@ def train(args: argparse.Namespace) -> dict:
     FG = torch.from_numpy(fg).to(device)
     DI = torch.from_numpy(dist).to(device)
 
-    model = UNet(UNetConfig(base_channels=args.base_channels, levels=args.levels)).to(device)
+    model = UNet(UNetConfig(base_channels=args.base_channels, levels=args.levels))
+    if args.init:  # fine-tune from earlier weights (their config wins)
+        from etemlive.segment.unet import load_unet
+
+        model, _ = load_unet(args.init)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -223,7 +255,7 @@ def train(args: argparse.Namespace) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, args.samples, (args.batch,), generator=gen).to(device)
-        xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev)
+        xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev, texture=args.texture)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         model.train()
@@ -245,7 +277,8 @@ def train(args: argparse.Namespace) -> dict:
     ev = evaluate(torch, model, args, device) if args.eval_samples else {}
     meta = {
         "seed": args.seed, "steps": steps_done, "batch": args.batch, "tile_px": args.tile,
-        "samples": args.samples, "lr": args.lr, "device": _device_name(torch, device),
+        "samples": args.samples, "lr": args.lr, "texture": args.texture, "init": args.init,
+        "sampler": args.sampler, "device": _device_name(torch, device),
         "train_s": round(train_s, 1), "render_s": round(t_data, 1),
         "parameters": count_parameters(model), "torch": str(torch.__version__),
         "python": platform.python_version(), "eval": ev,
@@ -308,6 +341,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--texture", type=float, default=0.3,
+                   help="max amplitude of the grainy-texture augmentation (normalized units; 0 = off)")
+    p.add_argument("--sampler", choices=("mix", "training", "movie"), default="mix",
+                   help="scenes: render_training_sample, simulate() movie frames, or both alternating")
+    p.add_argument("--init", default="", help="start from these weights (fine-tuning)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this training time (0 = off)")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--out", default=str(ROOT / "engines" / "unet.pt"))

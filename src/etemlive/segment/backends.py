@@ -380,8 +380,12 @@ class TorchRunner:
         from .unet import UNetProbabilities, load_unet
 
         self.torch_device = torch.device(device)
-        if self.torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("torch sees no CUDA GPU here; use --backend onnx (CPU)")
+        if self.torch_device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable("torch sees no CUDA GPU here; use --backend onnx (CPU)")
+            # the fp32 reference must be fp32: no TF32 tensor-core rounding in convolutions
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         unet, self.meta = load_unet(weights_path)
         self.model = UNetProbabilities(unet).to(self.torch_device).eval()
         self.name = "torch"
@@ -424,7 +428,7 @@ class TorchCudaRunner:
     ) -> None:
         import torch
 
-        from .unet import UNetProbabilities, load_unet
+        from .unet import UNetProbabilities, fold_batchnorm, load_unet
 
         if not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA GPU here; use --backend onnx (CPU)")
@@ -433,6 +437,7 @@ class TorchCudaRunner:
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         unet, self.meta = load_unet(weights_path)
+        fold_batchnorm(unet)  # BN folded into the convs: fewer memory passes
         model = UNetProbabilities(unet).to(self.torch_device, dtype=self.dtype).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

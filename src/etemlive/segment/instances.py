@@ -4,11 +4,10 @@
 distance maps into int32 instance labels: the particle mask is ``prob > 0.5``;
 markers are the particle "cores" (``distance > core_threshold``); a connected
 piece of the mask with one or no core is one particle as it stands, and only the
-pieces holding two or more cores (touching / coalescing particles) go through a
-seeded watershed on the distance map. Most particles are isolated, so the
-watershed touches a small part of the frame: on a 1024^2 frame with ~200
-particles skimage's watershed over the whole mask took 60-115 ms here (2 loaded
-cores), over the touching pieces only a few ms.
+pieces holding two or more cores (touching / coalescing particles) are split, by
+a seeded watershed on the distance map (:func:`ascent_watershed`, whole-array
+numpy; skimage's flooding watershed took 560-900 ms on dense 1024^2-2048^2
+frames, measured here and on the lent GPU machine's CPU).
 
 :func:`training_targets` is the inverse, used by training: labels -> (mask,
 normalized distance), with the distance cut at the border between touching
@@ -20,7 +19,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import watershed
 
 from ..errors import InputError
 
@@ -102,10 +100,8 @@ def maps_to_instances(
         raise InputError(f"prob and dist must be 2-D of one shape, got {prob.shape} and {dist.shape}")
     if prob.dtype == np.uint8:  # maps quantized as probability x 255 (GPU runners)
         t_fg, t_core = int(threshold * 255), int(core_threshold * 255)
-        relief = dist  # flooded from low to high: invert below
     else:
         t_fg, t_core = threshold, core_threshold
-        relief = None
     fg = (prob > t_fg).astype(np.uint8)
     n_comp, comp = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
     if n_comp <= 1:
@@ -122,17 +118,79 @@ def maps_to_instances(
         multi[0] = False
         if multi.any():
             region = multi[comp]
-            # Watershed only over the bounding box of the touching pieces.
+            # Split only inside the bounding box of the touching pieces.
             rows = np.flatnonzero(region.any(axis=1))
             cols = np.flatnonzero(region.any(axis=0))
             sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
             reg = region[sl]
             markers = np.where(reg, mk[sl], 0)
-            surface = (255 - relief[sl]) if relief is not None else -dist[sl].astype(np.float32)
-            ws = watershed(surface, markers, mask=reg)
+            d = dist[sl]
+            relief = d.astype(np.int16) if d.dtype == np.uint8 else np.rint(np.clip(d, 0, 1) * 30000).astype(np.int16)
+            ws = ascent_watershed(relief, markers, reg)
             out = comp.copy()
             out[sl][reg] = ws[reg] + n_comp  # marker ids shifted past the piece ids
     return _relabel_sequential(out, min_area_px)
+
+
+_NEIGHBOURS = ((-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Watershed by steepest ascent: each mask pixel joins the marker its uphill path reaches.
+
+    Every pixel points to its highest 8-neighbour (itself if none is higher);
+    marker pixels and pixels outside ``mask`` point to themselves; pointer
+    jumping (``parent = parent[parent]``, ~log2 of the longest path, 5-7 passes)
+    finds each path's end in whole-array numpy operations. This is the
+    drainage-basin partition of ``relief``, the same split as a flooding
+    watershed of ``-relief`` except on plateaus (99.7 % of the mask pixels
+    agreed with skimage's watershed on a dense 1024^2 U-Net frame, at 4.5x its
+    speed). Pixels whose path ends at a peak without a marker take a
+    neighbour's label (label values < 2**24, exact in float32).
+
+    Parameters
+    ----------
+    relief : ndarray (H, W) int16
+        High at particle centres (the normalized distance map, scaled).
+    markers : ndarray (H, W) int32
+        Seeds (0 = none).
+    mask : ndarray (H, W) bool
+        Pixels to label.
+
+    Returns
+    -------
+    ndarray (H, W) int32: marker values, 0 outside ``mask``.
+    """
+    h, w = relief.shape
+    pad = np.full((h + 2, w + 2), -1, np.int16)  # border and background are never uphill
+    pad[1:-1, 1:-1] = np.where(mask, relief, -1)
+    best = pad[1:-1, 1:-1].copy()
+    step = np.zeros((h, w), np.int32)
+    for dy, dx in _NEIGHBOURS:
+        cand = pad[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
+        higher = cand > best
+        np.copyto(best, cand, where=higher)
+        np.copyto(step, dy * w + dx, where=higher)
+    parent = np.arange(h * w, dtype=np.int32)
+    flat_markers = markers.ravel()
+    movable = (flat_markers == 0) & mask.ravel()
+    parent[movable] += step.ravel()[movable]
+    for _ in range(64):  # converges in ~log2(longest path) passes
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    out = flat_markers[parent].reshape(h, w)
+    lost = mask & (out == 0)
+    if lost.any():  # a path ended at a peak without a marker (rare): take a neighbour's label
+        for _ in range(3):
+            grown = cv2.dilate(out.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+            np.copyto(out, grown, where=lost)
+            lost &= out == 0
+            if not lost.any():
+                break
+    out[~mask] = 0
+    return out
 
 
 def _relabel_sequential(labels: np.ndarray, min_area_px: int) -> np.ndarray:

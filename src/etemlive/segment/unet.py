@@ -134,6 +134,31 @@ class UNetProbabilities(nn.Module):
         return torch.sigmoid(self.unet(x))
 
 
+def fold_batchnorm(model: UNet) -> UNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns model).
+
+    ``w' = w * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``: the same
+    function up to float rounding, with one memory pass less per layer (the
+    activations of a 2048^2 frame are hundreds of MB, so the GPU runner is
+    memory-bound and this matters).
+    """
+    for block in list(model.down) + list(model.dec):
+        layers = list(block)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.BatchNorm2d):
+                conv = layers[i - 1]
+                scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+                with torch.no_grad():
+                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                    bias = layer.bias - layer.running_mean * scale
+                    if conv.bias is None:
+                        conv.bias = nn.Parameter(bias.clone())
+                    else:
+                        conv.bias.add_(bias)
+                block[i] = nn.Identity()
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
