@@ -247,6 +247,20 @@ def test_simulator_movie_and_labels_open(tmp_path):
             assert len(list(movie)) == 3
 
 
+def test_json_timestamps_and_unreadable_metadata(tmp_path):
+    path = tmp_path / "t.tif"
+    times = [0.0, 0.4, 0.5, 1.5, 1.6]
+    tifffile.imwrite(path, _stack(5), metadata={"pixel_size_nm": 0.5, "timestamps_s": times})
+    with open_movie(path) as movie:
+        assert [f.timestamp_s for f in movie] == times
+        assert movie.open_warnings == []
+    tifffile.imwrite(path, _stack(5), metadata={"pixel_size_nm": 0.5,
+                                                "timestamps_s": ["a", "b", "c", "d", "e"]})
+    with open_movie(path) as movie:  # bad calibration data never rejects readable pixels
+        assert movie.n_frames == 5 and len(list(movie)) == 5
+        assert any("metadata ignored" in w for w in movie.open_warnings)
+
+
 def test_user_values_override_metadata(tmp_path):
     path = tmp_path / "sim.tif"
     tifffile.imwrite(path, _stack(4), photometric="minisblack",

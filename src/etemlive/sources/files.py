@@ -577,7 +577,11 @@ class TiffMovie(MovieReader):
                     f"{len(pages)} pages; unsupported layout"
                 )
             self._pages = pages
-        self._read_tiff_metadata(series)
+        try:
+            self._read_tiff_metadata(series)
+        except Exception as err:  # noqa: BLE001 - calibration is optional, pixels are not
+            self.open_warnings.append(_one_line(f"metadata ignored: {err}"))
+            _log.warning("%s: unreadable metadata ignored (%s)", self.path.name, err)
 
     def _declared_frames(self) -> int:
         """Frame count the writer put in ImageJ or tifffile metadata, else 0."""
@@ -671,19 +675,21 @@ class TiffMovie(MovieReader):
         dt = pixels.get("TimeIncrement")
         if dt is not None:
             self._meta_frame_interval_s = time_to_s(dt, pixels.get("TimeIncrementUnit", "s"))
-        planes = [e for e in pixels if e.tag.endswith("Plane")]
         times: dict[int, float] = {}
-        for plane in planes:
-            delta = plane.get("DeltaT")
-            if delta is None:
-                continue
-            factor = time_to_s(1.0, plane.get("DeltaTUnit", "s"))
-            if factor is not None:
-                index = int(plane.get("TheT", 0)) + int(plane.get("TheZ", 0)) + int(
-                    plane.get("TheC", 0))
+        try:
+            for plane in (e for e in pixels if e.tag.endswith("Plane")):
+                delta = plane.get("DeltaT")
+                factor = time_to_s(1.0, plane.get("DeltaTUnit", "s"))
+                if delta is None or factor is None:
+                    continue
+                # A movie has one non-singleton axis among T, Z, C: the sum is its index.
+                index = sum(int(plane.get(k, 0)) for k in ("TheT", "TheZ", "TheC"))
                 times[index] = float(delta) * factor
-        if len(times) == self.n_frames:
-            self._timestamps_s = [times[i] - times[0] for i in sorted(times)]
+        except ValueError:  # a damaged value: fall back to the interval
+            times = {}
+        if len(times) == self.n_frames and sorted(times) == list(range(self.n_frames)):
+            # Times relative to frame 0, like index * interval.
+            self._timestamps_s = [times[i] - times[0] for i in range(self.n_frames)]
 
 
 class _LogCatcher(logging.Handler):
