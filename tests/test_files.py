@@ -694,6 +694,17 @@ def test_truncated_ser_fails_only_the_cut_frames(tmp_path):
             movie.read_frame(3)
 
 
+@pytest.mark.parametrize("desc_len", [-1, 2**31 - 1])
+def test_ser_with_corrupt_length_field_is_rejected_quickly(tmp_path, desc_len):
+    path = write_ser(tmp_path / "s.ser", _stack(3, rows=16, cols=16), pixel_size_m=1e-9)
+    data = bytearray(path.read_bytes())
+    data[34 + 24: 34 + 28] = desc_len.to_bytes(4, "little", signed=True)  # DescriptionLength
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt FEI .ser header") as err:
+        open_movie(path)
+    _one_line(err)
+
+
 @pytest.mark.parametrize(
     ("units", "scale", "expected_nm"), [("nm", 0.5, 0.5), ("\u00c5", 2.5, 0.25),
                                         ("\u00b5m", 0.004, 4.0), ("pm", 50.0, 0.05)],

@@ -837,15 +837,17 @@ class SerMovie(MovieReader):
             raise InputError(f"{name}: .ser file holds 1-D spectra, not images")
         if data_type_id != _SER_IMAGE_ELEMENT:
             raise InputError(f"{name}: unknown .ser element type {data_type_id:#06x}")
+        if n_dims > 8:
+            raise InputError(f"{name}: corrupt FEI .ser header ({n_dims} dimensions)")
         dims = []
         for _ in range(n_dims):
             block = self._fh.read(28)
             if len(block) < 28:
                 raise InputError(f"{name}: truncated FEI .ser file (dimension array)")
-            size, cal_offset, cal_delta, _cal_el, desc_len = struct.unpack("<iddii", block)
-            desc = self._fh.read(desc_len).decode("latin-1")
-            (unit_len,) = struct.unpack("<i", self._fh.read(4))
-            units = self._fh.read(unit_len).decode("latin-1")
+            size, _cal_offset, cal_delta, _cal_el, desc_len = struct.unpack("<iddii", block)
+            desc = self._read_text(desc_len)
+            (unit_len,) = struct.unpack("<i", self._fh.read(4).ljust(4, b"\xff"))
+            units = self._read_text(unit_len)
             dims.append((size, cal_delta, desc, units))
         if sum(1 for d in dims if d[0] > 1) > 1:
             shape = tuple(d[0] for d in dims)
@@ -870,6 +872,12 @@ class SerMovie(MovieReader):
         if dims and dims[0][0] > 1:
             self._meta_frame_interval_s = time_to_s(dims[0][1], dims[0][3])
 
+    def _read_text(self, length: int) -> str:
+        # Lengths come from the file: a damaged one must not make us read gigabytes.
+        if not 0 <= length <= 4096:
+            raise InputError(f"{self.path.name}: corrupt FEI .ser header (text length {length})")
+        return self._fh.read(length).decode("latin-1")
+
     def _element_header(self, index: int) -> tuple[Any, ...]:
         offset = int(self._offsets[index])
         self._fh.seek(offset)
@@ -885,6 +893,9 @@ class SerMovie(MovieReader):
             raise InputError(f"unknown .ser pixel type {data_type}")
         dtype = np.dtype(_SER_DTYPES[data_type])
         count = int(size_x) * int(size_y)
+        if count * dtype.itemsize > self._size - int(self._offsets[index]):
+            raise InputError(f"element of {size_x} x {size_y} pixels runs past the end of the "
+                             "file (truncated or corrupt)")
         buf = self._fh.read(count * dtype.itemsize)
         if len(buf) < count * dtype.itemsize:
             raise InputError("truncated .ser element data (file cut short?)")
