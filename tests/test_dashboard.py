@@ -519,7 +519,7 @@ def test_plots_hold_the_expected_points(window, provider):
     assert len(edges) == len(counts) + 1
     fx, fy = window.fit_curve.getOriginalDataset()
     assert fx is not None and len(fx) == 200 and np.all(fy >= 0)
-    assert "fit" in window.hist_plot.titleLabel.text
+    assert window.fit_label.text().startswith("size distribution (red): ")
     # Track ids drawn over the frame: one visible text per tracked particle.
     shown = sorted(int(t) for t in window.id_layer.texts)
     assert shown == sorted(snap.particles["track_id"].tolist())
@@ -540,23 +540,30 @@ def test_live_fit_of_the_pipeline_is_drawn_over_histogram_and_mean_size(window, 
         live.update(snap.particles)
     result = live.refit(frame=provider.index)
     assert result.distribution.status == "ok" and result.kinetics.status == "ok"
+    window.refresh()  # the newest frame, before its live fit exists
+    assert "live" not in window.fit_label.text()
     snap = dataclasses.replace(provider.latest_snapshot(), live_fit=result)
-    window.draw_snapshot(snap)
+    original = provider.snapshots[provider.index]
+    provider.snapshots[provider.index] = snap
+    try:
+        window.refresh()  # same frame, new fit (fits arrive on their own thread): redrawn
+    finally:
+        provider.snapshots[provider.index] = original
     edges, counts = window.hist_curve.getOriginalDataset()
     fx, fy = window.fit_curve.getOriginalDataset()
     best = result.distribution.best_fit
     expected = dash.model_pdf(best, fx) * counts.sum() * (edges[1] - edges[0])
     np.testing.assert_allclose(fy, expected, rtol=1e-12)
-    assert f"{dash.model_name(best)}, live fit" in window.hist_plot.titleLabel.text
+    assert f"{dash.model_name(best)}, live fit" in window.fit_label.text()
     # Kinetics: 2 <r>(t) of the fit, dashed over the mean diameter, n in the title.
     kx, ky = window.kinetics_curve.getOriginalDataset()
     np.testing.assert_allclose(ky, 2 * result.kinetics.predict(kx), rtol=1e-12)
-    assert f"fit n = {result.kinetics.n:.2f}" in window.mean_plot.titleLabel.text
+    assert f"n = {result.kinetics.n:.2f}, {result.kinetics.mechanism}" in window.fit_label.text()
     # A failed live fit falls back to this frame's own fit.
     failed = dataclasses.replace(result, distribution=dataclasses.replace(
         result.distribution, status="not enough data", models={}, best=None))
     window.draw_snapshot(dataclasses.replace(snap, live_fit=failed, frame_index=99))
-    assert "live" not in window.hist_plot.titleLabel.text
+    assert "live" not in window.fit_label.text()
 
 
 @pytest.mark.qt

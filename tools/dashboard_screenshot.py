@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6 import QtCore, QtWidgets
 
+    from etemlive import cli
     from etemlive.cli import tracker_factory
     from etemlive.dashboard import DashboardWindow
     from etemlive.pipeline import Pipeline
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             pixel_size_nm=source.pixel_size_nm, pixel_size_source="metadata",
             frame_interval_s=source.frame_interval_s, tracker_factory=tracker_factory(),
             publish_snapshots=True, input_name=source.name,
+            live_analysis=cli._live_analysis(),  # the fits `etemlive analyze` shows live
         )
         window = DashboardWindow(pipeline, title=f"etemlive: {source.name}", refresh_hz=20.0)
         window.resize(1600, 950)

@@ -303,6 +303,10 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self.count_plot.setLabel("left", "count")
         self.mean_plot.setLabel("left", "diameter (nm)")
         right_layout.addWidget(self.plots, 3)
+        self.fit_label = QtWidgets.QLabel("no fits yet")
+        self.fit_label.setWordWrap(True)
+        self.fit_label.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        right_layout.addWidget(self.fit_label)
 
         bottom = QtWidgets.QHBoxLayout()
         events_box = QtWidgets.QVBoxLayout()
@@ -348,6 +352,11 @@ class DashboardWindow(QtWidgets.QMainWindow):
                 self.throttled = self.cpu_budget is not None and not self.cpu_budget.allow()
                 if not self.throttled or not running:
                     self.draw_snapshot(snap, plots=self._plots_due() or not running)
+            elif (not self.paused and self._snapshot is not None
+                  and getattr(snap, "live_fit", None) is not getattr(self._snapshot, "live_fit", None)):
+                # A new live fit for the frame already shown (fits run on their own thread).
+                self._snapshot = snap
+                self._draw_panels(snap)
             elif not self.paused and self.plots_pending and (self._plots_due() or not running):
                 self._draw_panels(self._snapshot)
             elif not self.paused and self.selected_tracks:
@@ -534,18 +543,19 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self.upper_curve.setData(t[band], mean[band] + std[band])
         self.lower_curve.setData(t[band], mean[band] - std[band])
         kinetics = core.live_kinetics(snap.live_fit)
-        title = "mean diameter ± 1 std"
+        fit_text = []
         if kinetics is not None and ok.any():
             tk = np.linspace(max(kinetics.t0, float(t[ok].min())), float(t[ok].max()), 100)
             with np.errstate(invalid="ignore"):
                 dk = 2.0 * kinetics.predict(tk)
             good = np.isfinite(dk)
             self.kinetics_curve.setData(tk[good], dk[good])
-            title += f"; fit n = {kinetics.n:.2f} ({kinetics.mechanism})"
+            fit_text.append(
+                f"coarsening (dashed): &lt;r&gt;<sup>n</sup> − &lt;r<sub>0</sub>&gt;<sup>n</sup> = k t, "
+                f"n = {kinetics.n:.2f}, {kinetics.mechanism}"
+            )
         else:
             self.kinetics_curve.setData([], [])
-        if self.mean_plot.titleLabel.text != title:
-            self.mean_plot.setTitle(title)
 
         particles = snap.particles
         diameters = _column(particles, "diameter_nm")
@@ -559,13 +569,16 @@ class DashboardWindow(QtWidgets.QMainWindow):
         fit = core.fitted_curve(diameters, edges,
                                 live_fit=snap.live_fit if unit_d == "nm" else None)
         n = int(np.count_nonzero(np.isfinite(diameters) & (diameters > 0)))
+        title = f"size distribution (n = {n})"
+        if self.hist_plot.titleLabel.text != title:
+            self.hist_plot.setTitle(title)  # titles stay short: they set the column widths
         if fit is None:
             self.fit_curve.setData([], [])
-            self.hist_plot.setTitle(f"size distribution (n = {n})")
         else:
             x, y, name = fit
             self.fit_curve.setData(x, y)
-            self.hist_plot.setTitle(f"size distribution (n = {n}, {name} fit)")
+            fit_text.insert(0, f"size distribution (red): {name} fit")
+        self.fit_label.setText("; ".join(fit_text) if fit_text else "no fits yet")
         self.hist_plot.setLabel("bottom", f"diameter ({unit_d})")
 
     # ------------------------------------------------------------------ events
