@@ -669,6 +669,22 @@ def test_fei_ser_series(tmp_path):
         np.testing.assert_array_equal(_read_all(movie), stack)
 
 
+def test_fei_emi_opens_its_first_ser(tmp_path):
+    stack = _stack(3, rows=16, cols=16)
+    write_ser(tmp_path / "acq_1.ser", stack, pixel_size_m=0.5e-9)
+    write_ser(tmp_path / "acq_2.ser", stack[:1], pixel_size_m=2e-9)
+    emi = tmp_path / "acq.emi"
+    emi.write_bytes(b"<ObjectInfo></ObjectInfo>")
+    with open_movie(emi) as movie:
+        assert movie.n_frames == 3 and movie.pixel_size_nm == pytest.approx(0.5)
+        np.testing.assert_array_equal(_read_all(movie), stack)
+    (tmp_path / "acq_1.ser").unlink()
+    (tmp_path / "acq_2.ser").unlink()
+    with pytest.raises(InputError, match="acq_1.ser is missing") as err:
+        open_movie(emi)
+    _one_line(err)
+
+
 def test_fei_ser_non_square_float_and_valid_count(tmp_path):
     stack = _stack(5, rows=20, cols=36, dtype=np.float32)
     path = write_ser(tmp_path / "s.ser", stack, pixel_size_m=1e-9, valid_frames=3)
@@ -906,7 +922,8 @@ def test_bad_user_frame_interval(tmp_path, bad):
 
 
 def test_supported_extensions_cover_the_formats():
-    for ext in (".tif", ".tiff", ".ome.tif", ".dm3", ".dm4", ".emd", ".ser", ".mrc", ".hspy",
+    for ext in (".tif", ".tiff", ".ome.tif", ".dm3", ".dm4", ".emd", ".ser", ".emi", ".mrc",
+                ".hspy",
                 ".mp4", ".avi", ".png", ".jpg"):
         assert ext in SUPPORTED_EXTENSIONS
     assert all(ext.startswith(".") and ext == ext.lower() for ext in SUPPORTED_EXTENSIONS)

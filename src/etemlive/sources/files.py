@@ -61,6 +61,7 @@ _KIND_BY_EXT: dict[str, str] = {
     ".dm4": "dm",
     ".emd": "emd",
     ".ser": "ser",
+    ".emi": "emi",
     **{e: "mrc" for e in _MRC_EXT},
     ".hspy": "hspy",
     **{e: "video" for e in _VIDEO_EXT},
@@ -1411,4 +1412,12 @@ def open_movie(
             )
     if kind == "image":
         return ImageFolderMovie(p, files=[p], **options)
+    if kind == "emi":
+        # TIA saves the metadata in NAME.emi and the frames in NAME_1.ser (NAME_2.ser ...
+        # for further signals): read the first series.
+        series = sorted(p.parent.glob(f"{p.stem}_[0-9]*.ser"), key=lambda q: _natural_key(q.name))
+        if not series:
+            raise InputError(f"{p.name}: its series file {p.stem}_1.ser is missing; "
+                             "copy it next to the .emi file")
+        return SerMovie(series[0], **options)
     return _READERS[kind](p, **options)
