@@ -963,7 +963,7 @@ def _damage_writers() -> dict[str, object]:
 
 @pytest.mark.parametrize("name", ["x.tif", "x.ome.tif", "z.tif", "x.mrc", "x.ser", "x.dm3",
                                   "x.emd", "x.hspy", "x.avi"])
-def test_damaged_files_raise_input_error_or_read(tmp_path, name, caplog):
+def test_damaged_files_raise_input_error_or_read(tmp_path, name):
     """Cut or bit-flipped copies either open (bad frames listed) or raise InputError."""
     stack = _stack(6, rows=32, cols=32)
     good = tmp_path / name
