@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("segmentation", "unet", "pipeline", "transport", "tracking", "analysis",
+SECTIONS = ("segmentation", "unet", "pipeline", "readers", "transport", "tracking", "analysis",
             "dashboard", "simulate")
 
 
