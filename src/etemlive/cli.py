@@ -214,6 +214,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     source = open_movie(args.movie, pixel_size_nm=args.pixel_size_nm,
                         frame_interval_s=args.frame_interval_s)
     with source:
+        open_warnings = list(getattr(source, "open_warnings", ()) or ())
+        for warning in open_warnings:
+            print(f"etemlive: warning: {warning}", file=sys.stderr)
         pixel_size_nm, pixel_source, bar_mask = _resolve_calibration(source, args)
         headless = _decide_headless(args)
         segmenter = make_segmenter(args.backend)
@@ -226,6 +229,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             tracker_factory=tracker_factory() if config.track else None,
             workers=args.workers, publish_snapshots=not headless, input_name=str(args.movie),
             max_frames=args.max_frames, exclude_mask=bar_mask, live_analysis=_live_analysis(),
+            summary_extra={"input_warnings": open_warnings},
         )
         progress = _Progress(pipeline, source.n_frames) if headless and sys.stderr.isatty() else None
         if progress is not None:
