@@ -280,6 +280,21 @@ class TrackStep:
 # --------------------------------------------------------------------------------------
 # Assignment on sparse gated blocks
 # --------------------------------------------------------------------------------------
+#: Below this many cells (rows x columns involved), one dense assignment beats blocking.
+_DENSE_LIMIT = 4096
+
+
+def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """All (i, j, distance) with ``|a[i] - b[j]| <= radius``: brute force for small sets,
+    a k-d tree otherwise."""
+    if len(a) * len(b) <= 16384:
+        d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+        i, j = np.nonzero(d <= radius)
+        return i.astype(np.int64), j.astype(np.int64), d[i, j]
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
+    return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
+
+
 def solve_gated_assignment(
     n_rows: int,
     n_cols: int,
@@ -328,6 +343,15 @@ def solve_gated_assignment(
     if single.all():
         return out_r[0], out_c[0]
     rows, cols, costs = rows[~single], cols[~single], costs[~single]
+    r_u, r_inv = np.unique(rows, return_inverse=True)
+    c_u, c_inv = np.unique(cols, return_inverse=True)
+    if len(r_u) * len(c_u) <= _DENSE_LIMIT:
+        # small remainder: one dense Hungarian is cheaper than finding the blocks
+        block = np.full((len(r_u), len(c_u)), limit)
+        block[r_inv, c_inv] = costs
+        ri, ci = linear_sum_assignment(block)
+        ok = block[ri, ci] < limit
+        return np.concatenate([out_r[0], r_u[ri[ok]]]), np.concatenate([out_c[0], c_u[ci[ok]]])
     n = n_rows + n_cols
     graph = coo_matrix((np.ones(len(rows)), (rows, cols + n_rows)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
@@ -419,14 +443,10 @@ class _Overlap:
         xs_p = slice(max(0, -dx), min(w, w - dx))
         a = prev[ys_p, xs_p]
         b = cur[ys_c, xs_c]
-        both = (a > 0) & (b > 0)
-        av = a[both].astype(np.int64)
-        bv = b[both].astype(np.int64)
+        both = np.logical_and(a, b)
         self._nb = int(cur.max()) + 1 if cur.size else 1
-        keys = av * self._nb + bv
+        keys = a[both].astype(np.int64) * self._nb + b[both]
         self.keys, self.counts = np.unique(keys, return_counts=True)
-        self.prev_area = np.bincount(prev.ravel().astype(np.int64))
-        self.cur_area = np.bincount(cur.ravel().astype(np.int64))
 
     def intersection(self, prev_labels: np.ndarray, cur_labels: np.ndarray) -> np.ndarray:
         keys = prev_labels.astype(np.int64) * self._nb + cur_labels.astype(np.int64)
@@ -435,16 +455,6 @@ class _Overlap:
         pos = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
         hit = (self.keys[pos] == keys) & (prev_labels > 0) & (cur_labels > 0)
         return np.where(hit, self.counts[pos], 0).astype(float)
-
-    def area_prev(self, labels: np.ndarray) -> np.ndarray:
-        labels = labels.astype(np.int64)
-        ok = (labels > 0) & (labels < len(self.prev_area))
-        return np.where(ok, self.prev_area[np.where(ok, labels, 0)], 0).astype(float)
-
-    def area_cur(self, labels: np.ndarray) -> np.ndarray:
-        labels = labels.astype(np.int64)
-        ok = (labels > 0) & (labels < len(self.cur_area))
-        return np.where(ok, self.cur_area[np.where(ok, labels, 0)], 0).astype(float)
 
 
 def _phase_drift_px(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
@@ -808,7 +818,7 @@ class Tracker:
         if use_labels and self._prev_labels is not None:
             shift = tuple(int(round(v)) for v in d_inc / self.pixel_size_nm)
             overlap = _Overlap(self._prev_labels, np.asarray(labels), shift)
-        ti, dj, cost = self._gated_costs(pred, det, diam, det_label, overlap, det_edge)
+        ti, dj, cost = self._gated_costs(pred, det, diam, area, det_label, overlap, det_edge)
         m_t, m_d = solve_gated_assignment(
             len(self._ids), len(det), ti, dj, cost, cfg.unmatched_cost
         )
@@ -970,6 +980,7 @@ class Tracker:
         pred: np.ndarray,
         det: np.ndarray,
         diam: np.ndarray,
+        area: np.ndarray,
         det_label: np.ndarray,
         overlap: _Overlap | None,
         det_edge: np.ndarray,
@@ -990,12 +1001,7 @@ class Tracker:
             gate = np.where(
                 exited, gate * np.sqrt(np.maximum(missed, 1) / max(cfg.max_gap_frames, 1)), gate
             )
-        pairs = cKDTree(pred).sparse_distance_matrix(
-            cKDTree(det), float(gate.max()), output_type="ndarray"
-        )
-        ti = pairs["i"].astype(np.int64)
-        dj = pairs["j"].astype(np.int64)
-        dist = pairs["v"]
+        ti, dj, dist = _pairs_within(pred, det, float(gate.max()))
         ok = dist <= gate[ti]
         if exited.any():
             ok &= ~exited[ti] | det_edge[dj]  # it can only come back through the border
@@ -1015,7 +1021,8 @@ class Tracker:
             # only tracks seen in the previous frame have a mask there
             prev_lab = np.where(self._seen[ti] == self._prev_labels_frame, self._label[ti], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
-            union = overlap.area_prev(prev_lab) + overlap.area_cur(det_label[dj]) - inter
+            px2 = self.pixel_size_nm**2  # areas in px from the tables, not recounted
+            union = np.nan_to_num(self._area[ti] / px2 + area[dj] / px2) - inter
             has = prev_lab > 0
             iou = np.where(has & (union > 0), inter / np.maximum(union, 1), 0.0)
             cost = cost + cfg.overlap_weight * np.where(has, 1.0 - iou, 0.5)
@@ -1061,7 +1068,7 @@ class Tracker:
         if overlap is not None:
             prev_lab = np.where(self._seen[ci] == self._prev_labels_frame, self._label[ci], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
-            frac = inter / np.maximum(overlap.area_prev(prev_lab), 1)
+            frac = inter / np.maximum(np.nan_to_num(self._area[ci] / self.pixel_size_nm**2), 1)
             # the masks overlap, or (fast Brownian particles whose masks do not) they touched
             ok = ((prev_lab > 0) & (frac >= cfg.merge_overlap)) | (dd <= reach)
         else:
@@ -1132,7 +1139,7 @@ class Tracker:
             if overlap is not None:
                 prev_lab = np.where(self._seen[p] == self._prev_labels_frame, self._label[p], 0)
                 inter = overlap.intersection(prev_lab, det_label[u])
-                frac = inter / np.maximum(overlap.area_cur(det_label[u]), 1)
+                frac = inter / np.maximum(np.nan_to_num(area[u] / self.pixel_size_nm**2), 1)
                 ok &= (prev_lab == 0) | (frac >= cfg.merge_overlap)
             child_of[u[ok]] = self._ids[p[ok]]
         return child_of
