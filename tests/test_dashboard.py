@@ -177,6 +177,11 @@ def test_display_downsampling_keeps_image_and_labels_on_one_grid(shape, factor, 
 def test_downsample_image_averages_areas():
     image = np.array([[0, 4, 8, 8], [0, 4, 8, 8]], dtype=np.float32)
     np.testing.assert_allclose(dash.downsample_image(image, 2), [[2.0, 8.0]])
+    buffer = np.full((1, 2), -1.0, dtype=np.float32)
+    assert dash.downsample_image(image, 2, out=buffer) is buffer  # written in place
+    np.testing.assert_allclose(buffer, [[2.0, 8.0]])
+    wrong = np.zeros((1, 2), dtype=np.uint16)  # wrong dtype: a new array instead
+    assert dash.downsample_image(image, 2, out=wrong) is not wrong
 
 
 def test_size_histogram_and_lognormal_fit_by_moments():

@@ -188,6 +188,9 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self._image_shape: tuple[int, int] | None = None
         self._renderer = core.OutlineRenderer(width_px=2)
         self._labels_buffer: np.ndarray | None = None
+        self._image_buffers: list[np.ndarray] = []
+        self._image_buffers_key: tuple | None = None
+        self._image_flip = 0
         self._scale_bar: pg.ScaleBar | None = None
         self._scale_bar_key: tuple[float, float] | None = None
         self._events_key: object = None
@@ -403,7 +406,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
             self._draw_scale_bar(snap, None)
             return
         factor = core.display_factor(image.shape)
-        shown = core.downsample_image(image, factor)
+        shown = core.downsample_image(image, factor, out=self._next_image_buffer(image, factor))
         self._scale_total = float(max(int(snap.display_scale), 1) * factor)
         rows, cols = shown.shape
         rect = QtCore.QRectF(0.0, 0.0, cols * self._scale_total, rows * self._scale_total)
@@ -428,6 +431,19 @@ class DashboardWindow(QtWidgets.QMainWindow):
         if shape != self._image_shape:
             self._image_shape = shape
             self.view.autoRange(padding=0.0)
+
+    def _next_image_buffer(self, image: np.ndarray, factor: int) -> np.ndarray | None:
+        """One of two reused display-frame buffers (alternated: the view may still hold
+        the other one until it repaints)."""
+        if factor <= 1:
+            return None
+        shape = (math.ceil(image.shape[0] / factor), math.ceil(image.shape[1] / factor))
+        key = (shape, image.dtype)
+        if key != self._image_buffers_key:
+            self._image_buffers_key = key
+            self._image_buffers = [np.empty(shape, dtype=image.dtype) for _ in range(2)]
+        self._image_flip ^= 1
+        return self._image_buffers[self._image_flip]
 
     def _contiguous(self, labels: np.ndarray) -> np.ndarray:
         """A C-contiguous copy of strided labels in a reused buffer (5x faster outlines)."""

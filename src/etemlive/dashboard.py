@@ -268,7 +268,10 @@ def run_dashboard(
 
     from ._dashboard_qt import DashboardWindow
 
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app = QtWidgets.QApplication.instance()
+    if app is None:  # kept referenced until the window closes
+        app = QtWidgets.QApplication(sys.argv[:1])
+        app.setApplicationName("etemlive")
     window = DashboardWindow(provider, title=title, refresh_hz=refresh_hz)
     loop = QtCore.QEventLoop()
     window.closed.connect(loop.quit)
@@ -283,7 +286,8 @@ def run_dashboard(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         window.deleteLater()
-        app.processEvents()
+        # processEvents() does not run deferred deletes; free the window now.
+        QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
 
 
 # ----------------------------------------------------------------------------------
@@ -297,11 +301,14 @@ def display_factor(shape: tuple[int, ...], max_px: int = MAX_DISPLAY_PX) -> int:
     return max(1, math.ceil(longest / max_px))
 
 
-def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
+def downsample_image(
+    image: np.ndarray, factor: int, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Reduce a frame by an integer ``factor`` for display (area average, anti-aliased).
 
     The output has ``ceil(rows / factor), ceil(cols / factor)`` pixels, the same grid
-    as :func:`downsample_labels`, so outlines stay on their particles.
+    as :func:`downsample_labels`, so outlines stay on their particles. ``out``, when
+    it has that shape and the frame's dtype, is written in place (reused between frames).
     """
     if factor <= 1:
         return image
@@ -310,6 +317,8 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
     rows, cols = image.shape[:2]
     size = (math.ceil(cols / factor), math.ceil(rows / factor))
     src = image if image.dtype in (np.uint8, np.uint16, np.float32) else image.astype(np.float32)
+    if out is not None and out.shape == (size[1], size[0]) and out.dtype == src.dtype:
+        return cv2.resize(src, size, dst=out, interpolation=cv2.INTER_AREA)
     return cv2.resize(src, size, interpolation=cv2.INTER_AREA)
 
 
@@ -878,7 +887,7 @@ def benchmark_refresh(n: int = 50, size: int = 2048, n_particles: int = 500) -> 
 
     if not dashboard_available()[0]:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    from PySide6 import QtWidgets
+    from PySide6 import QtCore, QtWidgets
 
     from ._dashboard_qt import DashboardWindow
 
@@ -918,7 +927,7 @@ def benchmark_refresh(n: int = 50, size: int = 2048, n_particles: int = 500) -> 
         total_ms.append((t2 - t0) * 1e3)
     window.close()
     window.deleteLater()
-    app.processEvents()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
     total = np.asarray(total_ms)
     return {
         "n": n,
