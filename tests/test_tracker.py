@@ -534,7 +534,7 @@ def monet_table(shared_data, n_frames: int, spacing_px: float) -> pd.DataFrame:
 
 def test_real_liquid_cell_trajectories(shared_data):
     """Fed the real trajectories' positions as detections, the tracker recovers their
-    identities (measured 0.94 IDF1; trackpy's link on the same input: 0.90)."""
+    identities (measured 0.943 IDF1; trackpy link, search 40 px, memory 5: 0.938)."""
     table = monet_table(shared_data, n_frames=60, spacing_px=100.0)
     out = link(
         table,
@@ -544,5 +544,5 @@ def test_real_liquid_cell_trajectories(shared_data):
     )
     assert_no_id_twice_per_frame(out)
     s = mot_metrics(out, table, radius_px=0.5)
-    assert s.idf1 >= 0.92, s
+    assert s.idf1 >= 0.93, s
     assert s.mota >= 0.98, s

@@ -538,9 +538,9 @@ class Tracker:
             # walk is not mistaken for directed motion.
             motion_model = ConstantVelocityModel(
                 position_noise_nm=g / 2 / math.sqrt(self._dt),
-                velocity_noise_nm_per_s=g / 20 / self._dt / math.sqrt(self._dt),
+                velocity_noise_nm_per_s=g / 100 / self._dt / math.sqrt(self._dt),
                 measurement_noise_nm=max(g / 20, 1e-3),
-                initial_speed_nm_per_s=g / 20 / self._dt,
+                initial_speed_nm_per_s=g / 100 / self._dt,
             )
         self.motion_model = motion_model
         d = motion_model.state_dim
