@@ -76,7 +76,7 @@ def _parse(path: Path) -> tuple[str, _Collector]:
 
 def test_report_is_self_contained_with_sections_and_plots(tmp_path):
     out = _run_folder(tmp_path / "run")
-    path = write_report(out, n_bootstrap=5)
+    path = write_report(out, n_bootstrap=5, window_frames=10)
     assert path == out / "report.html"
     text, c = _parse(path)
     assert c.section_ids == [sid for sid, _ in SECTIONS]
@@ -110,7 +110,7 @@ def test_report_of_an_empty_run_says_not_enough_data(tmp_path):
 
 def test_report_without_frame_interval_says_frames(tmp_path):
     out = _run_folder(tmp_path / "run", frame_interval_s=None)
-    text, _ = _parse(write_report(out, n_bootstrap=0))
+    text, _ = _parse(write_report(out, n_bootstrap=0, window_frames=25))
     assert "frames (no frame interval known)" in text
     assert "no frame interval known: times are frame numbers" in text
 

@@ -689,7 +689,7 @@ def fit_coarsening_kinetics(
     *,
     sigma_nm: Sequence[float] | np.ndarray | None = None,
     n_range: tuple[float, float] = (1.0, 6.0),
-    n_step: float = 0.02,
+    n_step: float = 0.05,
     min_points: int = MIN_TIME_POINTS,
 ) -> KineticsFit:
     """Fit ``<r>^n - <r0>^n = k (t - t0)`` to the mean radius over time.
@@ -777,25 +777,22 @@ def fit_coarsening_kinetics(
 def _profile_interval(grid: np.ndarray, stat: np.ndarray, n_hat: float) -> tuple[float, float]:
     """Where the profile statistic crosses the chi2(1) 95 % level on each side of ``n_hat``
     (linear interpolation between grid points); NaN when it never does (open interval)."""
-    i = int(np.clip(np.searchsorted(grid, n_hat), 0, grid.size - 1))
+    i = int(np.searchsorted(grid, n_hat))
+    # the best fit itself is a point of the profile (statistic 0)
+    g = np.insert(grid, i, n_hat)
+    st = np.insert(stat, i, 0.0)
     out = []
     for step in (-1, 1):
-        j = i
-        while 0 <= j + step < grid.size and stat[j] <= _CHI2_1_95:
-            j += step
-        if stat[j] <= _CHI2_1_95:  # reached the end of the searched range
+        k = i
+        while 0 <= k + step < g.size and st[k + step] <= _CHI2_1_95:
+            k += step
+        j = k + step
+        if not 0 <= j < g.size:  # still inside at the end of the searched range
             out.append(float("nan"))
             continue
-        k = j - step  # last grid point inside (or n_hat's neighbour)
-        if stat[k] > _CHI2_1_95 or k == j:
-            out.append(float(n_hat))
-            continue
-        frac = (_CHI2_1_95 - stat[k]) / (stat[j] - stat[k])
-        out.append(float(grid[k] + frac * (grid[j] - grid[k])))
-    lo, hi = out
-    lo = lo if math.isnan(lo) else min(lo, n_hat)
-    hi = hi if math.isnan(hi) else max(hi, n_hat)
-    return lo, hi
+        frac = (_CHI2_1_95 - st[k]) / (st[j] - st[k])
+        out.append(float(g[k] + frac * (g[j] - g[k])))
+    return out[0], out[1]
 
 
 def _mechanism(n: float, lo: float, hi: float) -> str:
@@ -1016,7 +1013,7 @@ class LiveAnalysis:
         )
         sem = np.asarray(self._sem)
         sem = np.where(np.isfinite(sem) & (sem > 0), sem, np.nanmedian(sem) if np.isfinite(sem).any() else 1.0)
-        kin = fit_coarsening_kinetics(self._t, self._r, sigma_nm=sem, n_step=0.05)
+        kin = fit_coarsening_kinetics(self._t, self._r, sigma_nm=sem, n_step=0.1)
         self.latest = LiveResult(frame=frame, distribution=dist, kinetics=kin)
         return self.latest
 

@@ -249,7 +249,9 @@ def render_report(out_dir: str | Path, result: Mapping[str, Any]) -> str:
     )
 
 
-def write_report(out_dir: str | Path, *, n_bootstrap: int = 50) -> Path:
+def write_report(
+    out_dir: str | Path, *, n_bootstrap: int = 50, window_frames: int | None = None
+) -> Path:
     """Analyse ``out_dir`` (regenerating PNGs, distributions.csv, kinetics.json) and
     write ``report.html``, one self-contained file.
 
@@ -259,6 +261,8 @@ def write_report(out_dir: str | Path, *, n_bootstrap: int = 50) -> Path:
         A run's output folder (design.md "Output folder contract").
     n_bootstrap : int
         Bootstrap resamples for the distribution uncertainties.
+    window_frames : int, optional
+        Frames per size-distribution window (default: about 10 windows per run).
 
     Returns
     -------
@@ -271,7 +275,7 @@ def write_report(out_dir: str | Path, *, n_bootstrap: int = 50) -> Path:
         ``out_dir`` is not a folder.
     """
     out = Path(out_dir)
-    result = analyze_output(out, n_bootstrap=n_bootstrap)
+    result = analyze_output(out, n_bootstrap=n_bootstrap, window_frames=window_frames)
     path = out / "report.html"
     _write_atomic(path, render_report(out, result))
     return path
