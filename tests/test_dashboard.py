@@ -867,8 +867,9 @@ def test_run_dashboard_stays_open_after_the_run_finishes_then_returns_on_close(q
 @pytest.mark.qt
 @qt
 def test_benchmark_refresh_small_runs_and_reports(qtbot):
-    result = dash.benchmark_refresh(n=3, size=512, n_particles=40)
+    result = dash.benchmark_refresh(n=3, size=512, n_particles=40, with_plots=False)
     assert result["n"] == 3 and result["size_px"] == 512 and result["n_particles"] == 40
+    assert result["with_plots"] is False
     assert 0 < result["update_ms_median"] <= result["total_ms_median"]
     assert result["fps"] == pytest.approx(1000.0 / result["total_ms_median"])
     assert result["platform"] == "offscreen"
