@@ -262,7 +262,7 @@ def _otsu_u8(x: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[np.ndarray, f
 def _contrast_to_noise(image: np.ndarray, small_flat: np.ndarray,
                        percentiles: tuple[float, float]) -> float:
     """Robust contrast range of the 4x-averaged image over the raw pixel noise std."""
-    d = (image[::4, 1:] - image[::4, :-1]).ravel()
+    d = (image[::8, 1:] - image[::8, :-1]).ravel()
     # Horizontal neighbour differences: std * sqrt(2) of white noise, edges rare.
     med = np.median(d)
     noise = 1.4826 * float(np.median(np.abs(d - med))) / math.sqrt(2.0)
@@ -277,7 +277,8 @@ def _background_noise(flat: np.ndarray) -> tuple[float, float]:
     only: their RMS distance to the mode is the noise std, unbiased by how much
     of the image the particles cover (a median / MAD is not, at 40 % cover).
     """
-    sample = flat[::2, ::2].ravel()
+    step = max(1, int(math.sqrt(flat.size / 1e5)))  # ~1e5 samples are plenty
+    sample = flat[::step, ::step].ravel()
     lo, hi = np.percentile(sample, [0.5, 99.5])
     if not hi > lo:
         return float(lo), 1e-6
@@ -319,7 +320,7 @@ def _estimate_diameter_px(mask: np.ndarray) -> tuple[float, float]:
     return float(2.0 * median), float(2.0 * large)
 
 
-def _markers(dist: np.ndarray, signal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _markers(dist: np.ndarray, signal: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
     """Seeds: local maxima (3x3) of the smoothed distance, as labelled plateaus."""
     peak = cv2.dilate(dist, np.ones((3, 3), np.uint8))
     seeds = (dist >= peak) & (dist >= 1.0)
@@ -377,13 +378,17 @@ def _snap_to_edges(labels: np.ndarray, contrast: np.ndarray, level: float | None
     return trimmed, level
 
 
-def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.ndarray,
-                     n_regions: int, factor: int = 1) -> np.ndarray:
+def _watershed_multi(dist: np.ndarray, markers: np.ndarray, regions: np.ndarray,
+                     n_regions: int, factor: int = 1
+                     ) -> tuple[np.ndarray, tuple | None, np.ndarray | None]:
     """Watershed of ``-dist_norm`` from ``markers``, run only where it matters.
 
     A connected region with a single seed is already one particle; only regions
     with two or more seeds go through the (costly) watershed, cropped to their
-    bounding box.
+    bounding box. The relief is the distance normalized per connected region
+    (``dist / max(dist in region)``, the seeds' normalization). Returns the
+    labels, that bounding box and the mask of the watershed pixels in it (None,
+    None when no region needed a watershed).
     """
     seeded = np.flatnonzero(markers)
     pairs = np.unique(regions.ravel()[seeded].astype(np.int64) * (int(markers.max()) + 1)
@@ -397,7 +402,7 @@ def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.nda
     keep[0] = False
     labels = np.where(keep[regions], regions, 0).astype(np.int32)
     if not multi.any():
-        return labels
+        return labels, None, None
     in_multi = multi[regions]
     # Bounding box of the multi-seed regions (columns searched in the row band only).
     rows = np.flatnonzero(np.logical_or.reduce(in_multi, axis=1))
@@ -405,13 +410,17 @@ def _watershed_multi(dist_norm: np.ndarray, markers: np.ndarray, regions: np.nda
     box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     sub_mask = in_multi[box]
     sub_markers = np.where(sub_mask, markers[box], 0)
+    sub_regions = regions[box]
+    region_max = _label_max(dist[box], np.where(sub_mask, sub_regions, 0), n_regions)
+    region_max[~np.isfinite(region_max) | (region_max <= 0)] = 1.0
+    relief = -(dist[box] / region_max[sub_regions].astype(np.float32))
     if factor > 1:
-        ws = _watershed_downsampled(-dist_norm[box], sub_markers, sub_mask, factor)
+        ws = _watershed_downsampled(relief, sub_markers, sub_mask, factor)
     else:
-        ws = watershed(-dist_norm[box], sub_markers, mask=sub_mask)
+        ws = watershed(relief, sub_markers, mask=sub_mask)
     # Watershed regions get labels above every region id.
     labels[box][sub_mask] = ws[sub_mask] + n_regions
-    return labels
+    return labels, box, sub_mask
 
 
 def _watershed_downsampled(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray,
@@ -594,24 +603,29 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
     t2 = time.perf_counter()
 
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    # Per-region normalization (the seeds'): region labels and their max distance.
     n_regions, regions = cv2.connectedComponents(mask, connectivity=8)
-    region_max = _label_max(dist, regions, n_regions)
-    region_max[0] = 1.0
-    dist_norm = dist / region_max[regions].astype(np.float32)
     smooth_dist = cv2.GaussianBlur(dist, (0, 0), cfg.dist_sigma_px)
-    signal = cv2.GaussianBlur(flat, (0, 0), 1.0)
-    markers = _markers(smooth_dist, signal, mask)
+    markers = _markers(smooth_dist, None, mask)
     # Split lines at half resolution when particles are large enough (median
     # > 16 px): the watershed is the costliest stage and scales with the pixels.
     ws_factor = 2 if size_px >= cfg.watershed_half_res_px else 1
-    labels = _watershed_multi(dist_norm, markers, regions, n_regions, ws_factor)
-    labels = _merge_weak_splits(labels, smooth_dist, signal, cfg, cfg.split_sigma * sigma)
-    # Outline: a fixed fraction of each particle's own peak contrast (sphere rims)
-    # or the steepest edge level (flat-topped particles), not the noise level,
-    # so particle size does not depend on the dose.
-    labels, _ = _snap_to_edges(labels, flat - np.float32(mode),
-                               None if cfg.snap_to_edges else cfg.edge_fraction)
+    labels, box, in_ws = _watershed_multi(dist, markers, regions, n_regions, ws_factor)
+    contrast = flat - np.float32(mode)
+    if box is not None:
+        # Only regions that went through the watershed can hold weak splits or
+        # a faint particle beside a dark one: merge and re-trim those pixels.
+        signal = cv2.GaussianBlur(contrast[box], (0, 0), 1.0)
+        sub = _merge_weak_splits(np.where(in_ws, labels[box], 0), smooth_dist[box], signal,
+                                 cfg, cfg.split_sigma * sigma)
+        if not cfg.snap_to_edges:
+            # Outline: a fixed fraction of each particle's own peak contrast.
+            sub, _ = _snap_to_edges(sub, contrast[box], cfg.edge_fraction)
+        # Merged ids restart at 1: shift them above every id outside the box.
+        sub = np.where(sub > 0, sub + int(labels.max()), 0)
+        labels[box] = np.where(in_ws, sub, labels[box])
+    if cfg.snap_to_edges:
+        # Steepest-edge level (flat-topped particles), one level for the frame.
+        labels, _ = _snap_to_edges(labels, contrast)
 
     # Remove small objects (equivalent diameter under the floor).
     min_d_px = max(cfg.min_diameter_nm / px, 2.0)
