@@ -165,11 +165,12 @@ def render_report(out_dir: str | Path, result: Mapping[str, Any]) -> str:
     body.append(_img(plots.get("size_histogram"), "size histogram with fits"))
     if len(dist):
         cols = ["window_start_frame", "window_end_frame", "model", "component", "weight",
-                "weight_err", "mean_nm", "mean_err_nm", "std_nm", "std_err_nm", "n", "bic",
-                "selected", "status"]
+                "weight_err", "mean_nm", "mean_err_nm", "std_nm", "std_err_nm", "n", "n_tracks",
+                "bic", "selected", "status"]
         sel = dist.loc[dist["selected"].astype(bool) | (dist["model"] == "none"), cols]
         body.append("<p>Selected model per window (all candidates in distributions.csv; "
-                    "uncertainties are 1-sigma bootstrap over tracks):</p>")
+                    "n = particle observations in the window, n_tracks = particles fitted, "
+                    "each once; uncertainties are 1-sigma bootstrap):</p>")
         body.append(_df_table(sel, max_rows=60))
     parts["distributions"] = "".join(body)
 
@@ -217,7 +218,11 @@ def render_report(out_dir: str | Path, result: Mapping[str, Any]) -> str:
     if events is not None and len(events) and "kind" in events:
         counts = events["kind"].value_counts()
         body = [_kv_table([(k, int(v)) for k, v in counts.items()])]
-        body.append("<p>First events:</p>" + _df_table(events, max_rows=100))
+        # merges and splits first: they are the rare, telling events
+        rank = (~events["kind"].isin(["merge", "split"])).astype(int)
+        shown = events.assign(_r=rank).sort_values(["_r", "frame"], kind="stable").drop(
+            columns="_r")
+        body.append("<p>Events (merges and splits first):</p>" + _df_table(shown, max_rows=100))
         parts["events"] = "".join(body)
     else:
         parts["events"] = '<p class="muted">No events recorded.</p>'
