@@ -8,21 +8,28 @@ One frame, in order:
 
 1. rows with NaN coordinates are set aside (``track_id`` -1, counted in ``n_dropped_nan``);
 2. every live track is predicted by the motion model (all tracks in one vectorized call);
-3. the stage drift since the previous frame is estimated (phase correlation of the images
-   when given, else the mode of detection-to-prediction displacements, refined by the
-   median displacement of the matches) and removed, so association works in a drift-free
-   frame; a drift larger than the gate is still found (the mode search spans
-   ``max_drift_nm``);
-4. gating in nm (a k-d tree), then the gated bipartite graph is cut into connected blocks;
-   1-to-1 and star blocks are solved vectorized, the others each by
-   ``scipy.optimize.linear_sum_assignment`` on a small matrix. The cost adds the squared
-   normalized distance, the size change and, when label images are given, 1 - IoU of the
-   masks;
-5. events: a track lost next to a detection that now covers it (mask overlap, or distance
-   for tables without labels) and whose area is about the sum of the parts is a ``merge``;
-   a new detection budding off a track that shrank is a ``split``; other new detections
-   ``appear``; tracks missed for more than ``max_gap_frames`` frames ``vanish`` (gap
-   closing keeps them predicted until then).
+3. the stage drift since the previous frame is removed before association. By default
+   ("auto") it comes from the particles: the expected drift (a slowly varying drift
+   velocity, a scalar Kalman filter per axis) plus, when most detections have no track
+   within the gate, the mode of detection-to-prediction displacements (so a stage jump
+   larger than the gate is still found); after linking, the median displacement of the
+   matched particles from their last positions updates the drift velocity. Phase
+   correlation of consecutive (band-passed, downsampled) images is used with
+   ``drift="image"``, or in "auto" when too few particles were linked to tell: on the
+   simulator's movies the particle estimate was the more accurate (docs/benchmarks.md);
+4. gating in nm (a k-d tree, or brute force for small frames); the gated bipartite graph
+   is cut into connected blocks: 1-to-1 and star blocks are solved vectorized, the others
+   by ``scipy.optimize.linear_sum_assignment`` on small dense matrices. The cost adds the
+   squared normalized distance, a penalty per missed frame, the size change and, when
+   label images are given, 1 - IoU of the masks;
+5. events: a track lost next to a detection that now covers it (mask overlap, or centres
+   within the sum of the radii plus the particle's own recent motion), whose area is
+   about the sum of the parts and which grew by part of the lost one's area, is a
+   ``merge`` (the merge product gets a new id by default; a particle that was shrinking
+   away is a ``vanish``, never a merge); a new detection budding off a track that shrank
+   is a ``split``; other new detections ``appear``; tracks missed for more than
+   ``max_gap_frames`` frames ``vanish`` (gap closing keeps them predicted until then; one
+   last seen on the image border waits up to ``edge_gap_frames`` for a re-entry).
 
 Track ids start at 0, are never reused and never appear twice in one frame.
 """
@@ -453,7 +460,8 @@ class _Overlap:
         if len(self.keys) == 0:
             return np.zeros(len(keys))
         pos = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
-        hit = (self.keys[pos] == keys) & (prev_labels > 0) & (cur_labels > 0)
+        valid = (prev_labels > 0) & (cur_labels > 0) & (cur_labels < self._nb)
+        hit = (self.keys[pos] == keys) & valid
         return np.where(hit, self.counts[pos], 0).astype(float)
 
 
