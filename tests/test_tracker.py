@@ -196,6 +196,38 @@ def test_a_gap_longer_than_max_gap_is_a_new_track():
     assert sorted(tracks["fate"]) == ["alive", "vanished"]
 
 
+def test_particle_leaving_and_reentering_through_the_border_keeps_its_id():
+    rows = []
+    for f in range(30):
+        if f < 8 or f >= 20:  # out of the field of view for 12 frames
+            rows.append((f, 0, 2.0 + 0.2 * (f % 3), 50.0, 6.0))
+        rows.append((f, 1, 60.0, 60.0, 6.0))
+    tab = scene(rows)
+    tab["touches_edge"] = tab["x_px"] < 5
+    out, events, _ = link_with_events(
+        tab,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
+    )
+    assert_same_partition(out)
+    assert len(events) == 0
+    # an interior particle gone as long is a new track
+    tab2 = tab.assign(touches_edge=False)
+    out2 = link(
+        tab2,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
+    )
+    assert out2.loc[out2["truth"] == 0, "track_id"].nunique() == 2
+
+
+def test_event_table_dtypes():
+    _, events, _ = link_with_events(merging_scene(), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert {c: str(events[c].dtype) for c in events.columns} == EVENT_COLUMNS
+
+
 def _drifting_scene(step_px: tuple[float, float], n_frames: int = 10, seed: int = 3):
     rng = np.random.default_rng(seed)
     base = rng.uniform(0, 400, (25, 2))
