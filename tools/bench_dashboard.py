@@ -84,8 +84,8 @@ def run(quick: bool = False) -> str:
         "`etemlive.dashboard.benchmark_refresh(n, size, n_particles)`: a real window (1600x950) "
         "fed distinct snapshots (frame, labels, particle table, growing history, events); "
         "*update* is the data work (downsample to <= 1024 px, contrast, outlines overlay, ids, "
-        "plots, histogram fit, events, health), *total* adds the synchronous repaint of the "
-        "whole window.",
+        "plots, histogram fit, events, health), *total* adds painting what changed (the event "
+        "loop run to completion, as live).",
         "",
         "| frame | particles | plots redrawn | update ms (median) | total ms median / p90 / max | redraws per s |",
         "| --- | --- | --- | --- | --- | --- |",
