@@ -341,3 +341,31 @@ def test_training_sample_overrides_and_polarity(bright_field):
 def test_training_sample_rejects_unknown_override():
     with pytest.raises(InputError, match="unknown parameter"):
         render_training_sample(np.random.default_rng(0), 64, brightness=3)
+
+
+def _fit_ripening_exponent(t_s, r_nm):
+    from scipy.optimize import curve_fit
+
+    def model(t, n, k, r0):
+        return (np.abs(r0) ** n + np.abs(k) * t) ** (1.0 / n)
+
+    p0 = [2.5, (r_nm[-1] ** 2.5 - r_nm[0] ** 2.5) / t_s[-1], r_nm[0]]
+    params, _ = curve_fit(model, t_s, r_nm, p0=p0, maxfev=20000)
+    return params[0]
+
+
+@pytest.mark.parametrize("n", [3.0, 2.0])
+def test_ripening_mean_radius_recovers_the_exponent(n):
+    cfg = SimulationConfig(scenario="ripening", seed=0, n_frames=60, size_px=256,
+                           ripening_exponent=n, drift_px_per_frame=0.0)
+    t_s, r_nm = [], []
+    for f in simulate(cfg):
+        t_s.append(f.time_s)
+        r_nm.append(f.truth["radius_nm"].mean())
+    t_s, r_nm = np.array(t_s), np.array(r_nm)
+    assert _fit_ripening_exponent(t_s, r_nm) == pytest.approx(n, abs=0.3)
+    # with n fixed at the truth, the slope of <r>^n is the K the metadata reports
+    k_fit = np.polyfit(t_s, r_nm**n, 1)[0]
+    from etemlive.sources.simulate import Simulation
+    k_true = Simulation(cfg).metadata["ripening"]["K_mean_radius_nm_n_per_s"]
+    assert k_fit == pytest.approx(k_true, rel=0.15)

@@ -224,7 +224,10 @@ class SimulationConfig:
     neck_duration_s, relax_time_s : float or None
         Coalescence neck growth time and shape relaxation time; None: 3 frames each.
     split_rate_per_s : float or None
-        Per-particle rate of splitting into two (coalescence: small, else 0).
+        Per-particle rate of splitting into two (default 0).
+    coalescence : bool or None
+        Whether touching particles neck and merge; None: all scenarios but ``dense``
+        and ``shapes``.
     supersample : int
         Sub-pixels per pixel side for anti-aliasing (odd, so one sits at the centre).
     """
@@ -255,6 +258,7 @@ class SimulationConfig:
     neck_duration_s: float | None = None
     relax_time_s: float | None = None
     split_rate_per_s: float | None = None
+    coalescence: bool | None = None
     supersample: int = 3
 
     def __post_init__(self) -> None:
@@ -296,8 +300,10 @@ class SimulationConfig:
         _check_float("particle_mfp_nm", self.particle_mfp_nm, 0.0, 1e5, low_open=True)
         _check_float("illumination_gradient", self.illumination_gradient, 0.0, 0.9)
         _check_float("vanish_radius_px", self.vanish_radius_px, 0.0, 100.0, low_open=True)
-        if not isinstance(self.bright_field, bool | np.bool_):
-            raise InputError(f"simulation bright_field must be True or False, got {self.bright_field!r}")
+        for name in ("bright_field", "coalescence"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool | np.bool_) or (value is None and name != "bright_field")):
+                raise InputError(f"simulation {name} must be True or False, got {value!r}")
 
     def resolved(self) -> SimulationConfig:
         """A copy with every ``None`` replaced by the scenario's default value."""
@@ -309,6 +315,7 @@ class SimulationConfig:
         d.setdefault("brownian_d_nm2_per_s", 0.0)
         d.setdefault("growth_rate_nm_per_s", 0.0)
         d.setdefault("split_rate_per_s", 0.0)
+        d.setdefault("coalescence", self.scenario not in ("dense", "shapes"))
         if "growth_rate_nm_per_s_total" in d:
             # radial growth spread over the supersaturation decay (time constant T/2)
             d["growth_rate_nm_per_s"] = d.pop("growth_rate_nm_per_s_total") / (
@@ -331,7 +338,7 @@ class SimulationConfig:
 
 # Scenario defaults for the None fields; "area_fraction" drives the particle count.
 _SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ripening": {"mean_diameter_nm": 6.0, "area_fraction": 0.10},
+    "ripening": {"mean_diameter_nm": 4.0, "area_fraction": 0.10, "coalescence": False},
     "coalescence": {"mean_diameter_nm": 8.0, "area_fraction": 0.08,
                     "brownian_d_nm2_per_s": 0.02, "split_rate_per_s": 0.0},
     "nucleation": {"mean_diameter_nm": 1.6, "area_fraction": 0.0,
@@ -802,12 +809,18 @@ def lsw_distribution(n: float, n_grid: int = 4000) -> tuple[np.ndarray, np.ndarr
 
 
 def _sample_lsw(rng: np.random.Generator, n: float, count: int) -> tuple[np.ndarray, float, float]:
-    """Draw rho ~ LSW(n); return (rho samples, mean rho, gamma)."""
+    """Draw rho ~ LSW(n), stratified; return (rho samples in random order, mean rho, gamma).
+
+    One draw per quantile stratum ((i + u) / count): the finite population is then a
+    faithful LSW distribution, so its mean radius follows the asymptotic law from the
+    first frame instead of wandering with the sampling noise of a few hundred draws.
+    """
     rho, pdf, gamma = lsw_distribution(n)
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(rho))])
     cdf /= cdf[-1]
     mean_rho = float(np.trapezoid(rho * pdf, rho))
-    return np.interp(rng.random(count), cdf, rho), mean_rho, gamma
+    quantiles = (np.arange(count) + rng.random(count)) / max(count, 1)
+    return np.interp(rng.permutation(quantiles), cdf, rho), mean_rho, gamma
 
 
 # --------------------------------------------------------------------------------------
@@ -998,9 +1011,7 @@ class Simulation:
         cfg = self.config
         n = cfg.ripening_exponent
         mean_r0 = cfg.mean_diameter_nm / 2.0
-        rho_probe, mean_rho, gamma = _sample_lsw(np.random.default_rng(0), n, 1)
-        mean_r2 = mean_r0**2 * 1.1
-        count = self._count_for(self._defaults["area_fraction"], np.pi * mean_r2)
+        count = self._count_for(self._defaults["area_fraction"], np.pi * mean_r0**2 * 1.1)
         rho, mean_rho, gamma = _sample_lsw(self.rng, n, count)
         rc0 = mean_r0 / mean_rho
         r = rho * rc0
@@ -1316,7 +1327,7 @@ class Simulation:
         if scen == "nucleation":
             self._nucleate(t0, self.dt, events, frame)
         self._move(self.dt)
-        if scen != "dense" and scen != "shapes":
+        if self.config.coalescence:
             self._merge_ready(t1, events, frame)
             self._relax(t1)
             self._contacts(t1)
