@@ -156,11 +156,16 @@ def test_config_validated(kwargs, match):
         ClassicalConfig(**kwargs)
 
 
+#: Mean diameters pinned so the scenes do not move with the simulator's defaults.
+_SIM_DIAMETER_NM = {"ripening": 6.0, "coalescence": 8.0, "dense": 6.0}
+
+
 def _sim_frame(scenario, *, bright_field=True, seed=7, size=512):
     from etemlive.sources.simulate import SimulationConfig, simulate
 
     cfg = SimulationConfig(scenario=scenario, seed=seed, n_frames=1, size_px=size,
-                           bright_field=bright_field)
+                           bright_field=bright_field,
+                           mean_diameter_nm=_SIM_DIAMETER_NM[scenario])
     frame = next(iter(simulate(cfg)))
     return frame, cfg.pixel_size_nm
 
