@@ -898,6 +898,7 @@ def test_real_pipeline_runs_into_the_window(qtbot, tmp_path):
         frame_interval_s=config.frame_interval_s,
         tracker_factory=lambda px, dt: Tracker(pixel_size_nm=px, frame_interval_s=dt),
         publish_snapshots=True, workers=1,
+        display_max_px=128,  # the pipeline halves its snapshots: display_scale 2
     )
     w = DashboardWindow(pipeline, refresh_hz=50.0, colour_by="track")
     qtbot.addWidget(w)
@@ -935,6 +936,11 @@ def test_real_pipeline_runs_into_the_window(qtbot, tmp_path):
     rows, cols = np.nonzero(dash.boundary_mask(labels))
     assert rows.size > 0, "the segmenter found particles"
     scale = last.display_scale
+    assert scale == 2 and labels.shape == (96, 96)
+    # A click lookup in full-resolution px lands on the particle that the table places there.
+    compact = last.particles[last.particles["roundness"] > 0.7]  # centroid inside it
+    row = compact.loc[compact["area_px"].idxmax()]
+    assert w.label_at(row["x_px"], row["y_px"]) == row["label"]
     vx, vy = _view_to_viewport(w, (cols + 0.5) * scale, (rows + 0.5) * scale)
     seen = pixels[vy.astype(int), vx.astype(int)]
     assert (_saturation(seen) > SATURATED).mean() > 0.9
