@@ -260,8 +260,10 @@ def _tesseract_line(exe: str, img: np.ndarray) -> tuple[str, float]:
 def _ocr(gray: np.ndarray, bbox: tuple[int, int, int, int], polarity: str) -> str | None:
     """Read a label with the tesseract binary (one text line); None if unavailable.
 
-    Reads the binarized crop as is and with thickened strokes (thin vector fonts
-    upscaled read badly) and keeps the more confident reading that parses as a length.
+    Reads the crop upscaled to ~48 px text height (then ~64 px if nothing confident
+    came out), binarized as is, with thickened strokes (thin vector fonts) and with
+    thinned strokes (small bold fonts), and gray; keeps the reading that parses as a
+    length, preferring round values (1, 2, 2.5, 3, 4, 5 x 10^k) and higher confidence.
     """
     exe = shutil.which("tesseract")
     if exe is None:
@@ -273,19 +275,37 @@ def _ocr(gray: np.ndarray, bbox: tuple[int, int, int, int], polarity: str) -> st
         return None
     if polarity == "bright":  # tesseract wants dark text on white
         crop = 255 - crop
-    scale = max(1.0, 48.0 / max(r1 - r0, 1))  # text about 48 px tall reads best
-    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    _, binary = cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    thick = cv2.erode(binary, np.ones((5, 5), np.uint8))  # dark strokes grow
     readings = []
-    for variant in (binary, thick, crop):
-        img = cv2.copyMakeBorder(variant, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=255)
-        text, conf = _tesseract_line(exe, img)
-        if text:
-            readings.append((parse_scale_label(text) is not None, conf, text))
+    # text about 48 px tall reads best; small bold fonts read better larger and thinned
+    for target_px in (48.0, 64.0):
+        scale = max(1.0, target_px / max(r1 - r0, 1))
+        big = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        _, binary = cv2.threshold(big, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        k = max(5, int(target_px / 10)) | 1
+        variants = (
+            binary,
+            cv2.erode(binary, np.ones((5, 5), np.uint8)),  # dark strokes grow (thin fonts)
+            cv2.dilate(binary, np.ones((k, k), np.uint8)),  # strokes shrink (bold fonts)
+            big,
+        )
+        for variant in variants:
+            img = cv2.copyMakeBorder(variant, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=255)
+            text, conf = _tesseract_line(exe, img)
+            if text:
+                nm = parse_scale_label(text)
+                readings.append((nm is not None, nm is not None and _is_round(nm), conf, text))
+        if any(r[0] and r[1] and r[2] >= 80 for r in readings):
+            break  # a confident round reading: no need to try harder
     if not readings:
         return None
-    return max(readings)[2]
+    # prefer a reading that parses, then one with a round value (bars are 1, 2, 5 x 10^k)
+    return max(readings)[3]
+
+
+def _is_round(length_nm: float) -> bool:
+    """True for the lengths scale bars use: 1, 2, 2.5, 3, 4 or 5 times a power of ten."""
+    mantissa = length_nm / 10 ** math.floor(math.log10(length_nm))
+    return any(abs(mantissa - m) < 1e-6 for m in (1, 2, 2.5, 3, 4, 5, 10))
 
 
 def detect_scale_bar(
