@@ -952,9 +952,10 @@ def test_real_pipeline_runs_into_the_window(qtbot, tmp_path):
 
 @pytest.mark.qt
 @qt
-def test_cli_analyze_opens_the_window_and_closing_it_writes_the_summary(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_cli_analyze_opens_the_window_and_closing_it_writes_the_summary(tmp_path, signame):
     """``etemlive analyze`` without --headless shows the dashboard (offscreen here);
-    Ctrl-C closes the window, which stops the run; the summary is written, exit 0."""
+    Ctrl-C (or SIGTERM) closes the window, which stops the run; summary written, exit 0."""
     import json
     import signal
     import subprocess
@@ -980,9 +981,9 @@ def test_cli_analyze_opens_the_window_and_closing_it_writes_the_summary(tmp_path
             if frames_csv.exists() and len(frames_csv.read_text().splitlines()) >= 3:
                 break
             time.sleep(0.1)
-        # Ctrl-C until it exits: the dashboard turns it into closing the window.
+        # Signal until it exits: the dashboard turns it into closing the window.
         while time.monotonic() < deadline and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(getattr(signal, signame))
             try:
                 proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:

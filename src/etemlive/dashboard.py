@@ -250,7 +250,7 @@ def run_dashboard(
     reads ``provider.latest_snapshot()`` ``refresh_hz`` times a second, and runs an
     event loop until the window is closed. Closing calls ``provider.stop()``; when
     the run finishes first, the window stays open on the final state ("finished").
-    Ctrl+C in the terminal closes the window (so the run stops the same way).
+    Ctrl+C in the terminal (or SIGTERM) closes the window, so the run stops the same way.
 
     Parameters
     ----------
@@ -275,16 +275,19 @@ def run_dashboard(
     window = DashboardWindow(provider, title=title, refresh_hz=refresh_hz)
     loop = QtCore.QEventLoop()
     window.closed.connect(loop.quit)
-    previous = None
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        # Qt's loop holds the main thread; the refresh timer lets Python run the handler.
-        previous = signal.signal(signal.SIGINT, lambda *_: window.close())
+        # Qt's loop holds the main thread; the refresh timer lets Python run the handlers.
+        # Ctrl-C and SIGTERM close the window, which stops the run (the window would
+        # otherwise stay open on the finished run and the process would not exit).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: window.close())
     try:
         window.show()
         loop.exec()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         window.deleteLater()
         # processEvents() does not run deferred deletes; free the window now.
         QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
