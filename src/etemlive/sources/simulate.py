@@ -344,8 +344,8 @@ _SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
     "nucleation": {"mean_diameter_nm": 1.6, "area_fraction": 0.0,
                    "growth_rate_nm_per_s_total": 3.5, "nuclei_per_nm2": 1 / 500.0},
     "dense": {"mean_diameter_nm": 6.0, "area_fraction": 0.40},
-    "liquid": {"mean_diameter_nm": 8.0, "area_fraction": 0.04, "dose_e_per_px": DOSES["low"],
-               "brownian_d_nm2_per_s": 4.0, "liquid_thickness_nm": 150.0},
+    "liquid": {"mean_diameter_nm": 10.0, "area_fraction": 0.04, "dose_e_per_px": DOSES["low"],
+               "brownian_d_nm2_per_s": 4.0, "liquid_thickness_nm": 100.0},
     "shapes": {"mean_diameter_nm": 10.0, "area_fraction": 0.10},
 }
 
@@ -1087,14 +1087,22 @@ class Simulation:
         d = np.maximum(self.rng.normal(means, stds), 2.5 * self.px)
         x, y, ok = self._place(d / 2 / self.px, gap_px=0.5, touching_fraction=0.5)
         self._add_particles(d[ok] / 2, x[ok], y[ok])
+        # the drawn families, over all placed particles and over those wholly inside the
+        # first frame (what an analysis that drops edge-cut particles sees)
+        r_px = d / 2 / self.px
+        inside = ok & (x - r_px >= 0) & (y - r_px >= 0)
+        inside &= (x + r_px <= cfg.size_px - 1) & (y + r_px <= cfg.size_px - 1)
         realized = []
         for k, f in enumerate(families):
-            dk = d[ok][fam[ok] == k]
-            realized.append({**f, "realized_mean_diameter_nm": float(dk.mean()) if dk.size else None,
-                             "realized_std_diameter_nm": float(dk.std()) if dk.size else None,
-                             "realized_weight": float(dk.size / max(ok.sum(), 1))})
+            entry = dict(f)
+            for tag, sel in (("", ok), ("frame0_inside_", inside)):
+                dk = d[sel & (fam == k)]
+                entry[f"realized_{tag}mean_diameter_nm"] = float(dk.mean()) if dk.size else None
+                entry[f"realized_{tag}std_diameter_nm"] = float(dk.std()) if dk.size else None
+                entry[f"realized_{tag}weight"] = float(dk.size / max(sel.sum(), 1))
+            realized.append(entry)
         self.metadata["dense"] = {"families": realized, "placed": int(ok.sum()),
-                                  "requested": int(count)}
+                                  "requested": int(count), "weights": "by number"}
 
     def _init_liquid(self) -> None:
         cfg = self.config
@@ -1561,7 +1569,7 @@ def write_simulation(path: str | Path, config: SimulationConfig) -> dict[str, Pa
             def movie_pages() -> Iterator[np.ndarray]:
                 for sf in sim.frames():
                     label_queue.put(sf.labels)
-                    sf.truth.to_csv(truth_f, header=False, index=False, float_format="%.6g",
+                    sf.truth.to_csv(truth_f, header=False, index=False, float_format="%.8g",
                                     lineterminator="\n")
                     for ev in sf.events:
                         into = "" if ev.into_id is None else str(ev.into_id)
