@@ -369,3 +369,28 @@ def test_ripening_mean_radius_recovers_the_exponent(n):
     from etemlive.sources.simulate import Simulation
     k_true = Simulation(cfg).metadata["ripening"]["K_mean_radius_nm_n_per_s"]
     assert k_fit == pytest.approx(k_true, rel=0.15)
+
+
+def test_split_events_conserve_volume():
+    frames = _frames(scenario="shapes", seed=4, n_frames=12, size_px=160, split_rate_per_s=0.1,
+                     drift_px_per_frame=0.0)
+    splits = [(i, e) for i, f in enumerate(frames) for e in f.events if e.kind == "split"]
+    assert splits
+    for i, ev in splits:
+        before = frames[i - 1].truth.set_index("truth_id")
+        after = frames[i].truth.set_index("truth_id")
+        a, b = ev.ids
+        if ev.into_id not in before.index or a not in after.index or b not in after.index:
+            continue
+        assert ev.into_id not in after.index
+        assert after.loc[[a, b], "volume_nm3"].sum() == pytest.approx(
+            before.loc[ev.into_id, "volume_nm3"], rel=1e-9)
+
+
+@pytest.mark.parametrize("blocked", ["movie.tif", "movie_labels.tif"])
+def test_write_simulation_failure_is_one_line_and_does_not_hang(tmp_path, blocked):
+    (tmp_path / blocked).mkdir()  # a folder where a file must go
+    cfg = SimulationConfig(scenario="shapes", n_frames=3, size_px=32)
+    with pytest.raises(InputError, match="cannot write") as info:
+        write_simulation(tmp_path / "movie.tif", cfg)
+    assert "\n" not in str(info.value)
