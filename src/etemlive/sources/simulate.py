@@ -1684,7 +1684,13 @@ def _draw_training_params(rng: np.random.Generator, size_px: int,
 
 
 def _training_layout(rng: np.random.Generator, size_px: int, p: dict[str, Any]):
-    """Particle radii (nm), centres (px), solids, shape parameters and orientations."""
+    """Particle radii (nm), centres (px), solids, shape parameters and orientations.
+
+    Particles are drawn from a pool and placed in up to four vectorized rounds until
+    the drawn coverage is reached: uniform positions, and in dense / pair scenes half
+    of the later candidates right against an already placed particle (touching
+    clusters); a candidate overlapping more than allowed is dropped.
+    """
     px = p["pixel_size_nm"]
     mean_d = p["mean_diameter_nm"]
     area_px = size_px * size_px
@@ -1694,59 +1700,88 @@ def _training_layout(rng: np.random.Generator, size_px: int, p: dict[str, Any]):
         mean_area = (w_small * mean_d**2 + (1 - w_small) * big**2) * math.pi / 4 / px**2
     else:
         mean_area = math.pi / 4 * (mean_d / px) ** 2
-    count = max(1, int(round(p["coverage"] * area_px / mean_area)))
-    count = min(count, 20_000)
-    diam = mean_d * np.exp(p["size_spread"] * rng.standard_normal(count))
+    count = min(max(1, int(round(p["coverage"] * area_px / mean_area))), 20_000)
+    pool = 3 * count
+    diam = mean_d * np.exp(p["size_spread"] * rng.standard_normal(pool))
     if p["two_families"]:
-        fam = rng.random(count) >= p["family_weight"]
+        fam = rng.random(pool) >= p["family_weight"]
         diam[fam] *= p["family_ratio"]
     # keep every particle between 4 px and a third of the tile across
     diam = np.clip(diam, 4.0 * px, size_px * px / 3.0)
     r = diam / 2.0
     codes, weights = zip(*_SOLID_MIXES[p["solids"]], strict=True)
-    solid = np.asarray(codes)[rng.choice(len(codes), size=count, p=np.asarray(weights))]
-    q = np.ones(count)
-    q = np.where(solid == _ELLIPSOID, rng.uniform(1.1, 2.2, count), q)
-    q = np.where(solid == _ROD, rng.uniform(1.6, 6.0, count), q)
-    q = np.where((solid == _HEXPLATE) | (solid == _TRIPLATE), rng.uniform(1.5, 6.0, count), q)
-    theta = rng.uniform(0.0, 2 * np.pi, count)
+    solid = np.asarray(codes)[rng.choice(len(codes), size=pool, p=np.asarray(weights))]
+    q = np.ones(pool)
+    q = np.where(solid == _ELLIPSOID, rng.uniform(1.1, 2.2, pool), q)
+    q = np.where(solid == _ROD, rng.uniform(1.6, 6.0, pool), q)
+    q = np.where((solid == _HEXPLATE) | (solid == _TRIPLATE), rng.uniform(1.5, 6.0, pool), q)
+    theta = rng.uniform(0.0, 2 * np.pi, pool)
     dims = solid_dimensions(solid, r, q)
-    circ_px = footprint_descriptors(solid, dims)["circumradius_nm"] / px
-    # random centres over the tile and a margin (particles cut by the border occur)
-    xy = rng.uniform(-0.3 * circ_px.mean(), size_px + 0.3 * circ_px.mean(), size=(count, 2))
-    if p["scene"] == "pairs":
-        # half of the particles sit in contact with a partner (coalescing pairs)
-        n_pairs = count // 2
-        ang = rng.uniform(0, 2 * np.pi, n_pairs)
-        dist = (circ_px[:n_pairs] + circ_px[n_pairs:2 * n_pairs]) * rng.uniform(0.85, 1.0, n_pairs)
-        xy[n_pairs:2 * n_pairs] = xy[:n_pairs] + dist[:, None] * np.stack(
-            [np.cos(ang), np.sin(ang)], axis=1)
-    keep = _drop_overlaps(xy, circ_px, p["scene"])
-    return r[keep], xy[keep], solid[keep], q[keep], theta[keep], dims[keep], circ_px[keep]
+    desc = footprint_descriptors(solid, dims)
+    circ_px = desc["circumradius_nm"] / px
+    area_each_px = desc["area_nm2"] / px**2
+    margin = 0.3 * float(circ_px.mean())
+    xy = np.zeros((pool, 2))
+    touching = p["scene"] in ("dense", "pairs")
+    allowed = 0.85 if touching else 1.05
+    # spacing radius: the bounding radius keeps gaps; for touching scenes the mean of
+    # bounding and equivalent radii lets facets and corners meet
+    reach_px = 0.5 * (circ_px + np.sqrt(area_each_px / np.pi)) if touching else circ_px
+    kept = np.zeros(pool, bool)
+    start, chunk = 0, count
+    for round_ in range(6):
+        stop = min(start + chunk, pool)
+        if stop <= start:
+            break
+        cand = np.arange(start, stop)
+        xy[cand] = rng.uniform(-margin, size_px + margin, size=(cand.size, 2))
+        placed = np.flatnonzero(kept)
+        glue = partners = None
+        if touching and round_ > 0 and placed.size:
+            # half of the candidates right against an already placed particle
+            glue = cand[rng.random(cand.size) < 0.5]
+            partners = placed[rng.integers(0, placed.size, glue.size)]
+        elif p["scene"] == "pairs" and round_ == 0:
+            # coalescing pairs: the second half of the first round against the first half
+            half = cand.size // 2
+            glue, partners = cand[half:2 * half], cand[:half]
+        if glue is not None and glue.size:
+            ang = rng.uniform(0, 2 * np.pi, glue.size)
+            dist = (reach_px[glue] + reach_px[partners]) * rng.uniform(0.87, 1.0, glue.size)
+            xy[glue] = xy[partners] + dist[:, None] * np.stack([np.cos(ang), np.sin(ang)], axis=1)
+        kept[cand] = True
+        kept &= _overlap_free(xy, reach_px, kept, new_from=start, allowed=allowed)
+        start = stop
+        deficit = p["coverage"] * area_px - float(area_each_px[kept].sum())
+        chunk = int(deficit / max(float(area_each_px[kept].mean()) if kept.any() else mean_area,
+                                  1.0))
+        if chunk <= 0:
+            break
+    idx = np.flatnonzero(kept)
+    return r[idx], xy[idx], solid[idx], q[idx], theta[idx], dims[idx], circ_px[idx]
 
 
-def _drop_overlaps(xy: np.ndarray, circ_px: np.ndarray, scene: str) -> np.ndarray:
-    """Keep mask: of two particles overlapping by more than allowed, the later one goes.
+def _overlap_free(xy: np.ndarray, circ_px: np.ndarray, kept: np.ndarray, *, new_from: int,
+                  allowed: float) -> np.ndarray:
+    """Mask keeping the particles of ``kept``, minus new ones (index >= ``new_from``)
+    that overlap another by more than ``allowed`` x the sum of their bounding radii.
 
-    Dense and pair scenes tolerate a small overlap (touching particles, necks); the
-    others keep a gap. One vectorized pass over all close pairs (cKDTree).
+    Of two overlapping new particles the later one goes; particles placed in earlier
+    rounds always stay. One vectorized pass over close pairs (cKDTree).
     """
-    n = xy.shape[0]
-    keep = np.ones(n, bool)
-    if n < 2:
-        return keep
-    allowed = 0.85 if scene in ("dense", "pairs") else 1.05
-    tree = cKDTree(xy)
-    pairs = tree.query_pairs(2.0 * float(circ_px.max()) * allowed, output_type="ndarray")
+    out = kept.copy()
+    idx = np.flatnonzero(kept)
+    if idx.size < 2:
+        return out
+    tree = cKDTree(xy[idx])
+    pairs = tree.query_pairs(2.0 * float(circ_px[idx].max()) * allowed, output_type="ndarray")
     if pairs.size == 0:
-        return keep
-    i, j = pairs[:, 0], pairs[:, 1]
-    dist = np.hypot(*(xy[i] - xy[j]).T)
-    bad = dist < allowed * (circ_px[i] + circ_px[j])
-    # greedy in index order, vectorized approximately: drop the larger index of each bad pair
-    drop = np.zeros(n, bool)
-    drop[np.maximum(i[bad], j[bad])] = True
-    return ~drop
+        return out
+    i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
+    bad = np.hypot(*(xy[i] - xy[j]).T) < allowed * (circ_px[i] + circ_px[j])
+    later = np.maximum(i[bad], j[bad])
+    out[later[later >= new_from]] = False
+    return out
 
 
 def render_training_sample(
