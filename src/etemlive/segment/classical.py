@@ -550,12 +550,16 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
     small = cv2.resize(img, (max(1, cols // factor), max(1, rows // factor)),
                        interpolation=cv2.INTER_AREA)
     small_flat = small - _blur_large(small, max(small.shape) / 16)
+    # One more pixel of blur at this scale (4 px of the frame) averages out
+    # phase-contrast speckle of carbon films, which otherwise skews the
+    # histogram the wrong way (measured on the 33 ardagen images: 32/33 right
+    # without it, 33/33 with it).
+    small_smooth = cv2.GaussianBlur(small_flat, (0, 0), 1.0)
     if cfg.polarity == "auto":
-        bright = _skewness(small_flat) > 0
+        bright = _skewness(small_smooth) > 0
     else:
         bright = cfg.polarity == "bright"
-    small_oriented = small_flat if bright else -small_flat
-    first, _ = _otsu_u8(cv2.GaussianBlur(small_oriented, (0, 0), 1.0), *cfg.percentiles)
+    first, _ = _otsu_u8(small_smooth if bright else -small_smooth, *cfg.percentiles)
     size_px, large_px = (factor * d for d in _estimate_diameter_px(first))
     if cfg.smoothing_nm:
         sigma_px = cfg.smoothing_nm / px
