@@ -87,16 +87,17 @@ def test_bad_frames_are_counted_and_the_run_goes_on(tmp_path):
     nan_image = frames[1].image.astype(np.float32)
     nan_image[10, 10] = np.nan
     bad = [
-        Frame(100, 50.0, px, nan_image),
-        Frame(101, 50.5, px, np.zeros((2, 3, 4), np.uint8)),  # not 2-D
+        Frame(1, dt, px, nan_image),
+        Frame(2, 2 * dt, px, np.zeros((2, 3, 4), np.uint8)),  # not 2-D
     ]
-    source = ListSource([frames[0], *bad, *frames[1:]], px, dt)
+    good = [Frame(i + 2, (i + 2) * dt, px, f.image) for i, f in enumerate(frames[1:], start=1)]
+    source = ListSource([frames[0], *bad, *good], px, dt)
     summary = Pipeline(source, ClassicalSegmenter(), Recorder(tmp_path), pixel_size_nm=px,
                        frame_interval_s=dt).run()
     assert summary["frames_failed"] == 2
     assert summary["frames_analysed"] == 4
     assert summary["frames_seen"] == 6 == summary["frames_analysed"] + summary["frames_malformed"]
-    assert pd.read_csv(tmp_path / "frames.csv")["frame"].tolist() == [0, 1, 2, 3]
+    assert pd.read_csv(tmp_path / "frames.csv")["frame"].tolist() == [0, 3, 4, 5]
 
 
 def test_stop_from_another_thread_writes_the_summary(tmp_path):
@@ -188,3 +189,18 @@ def test_sigint_on_analyze_writes_a_complete_summary(tmp_path, sig):
     assert summary["status"] == "finished"
     assert 3 <= summary["frames_analysed"] < 200
     assert len(pd.read_csv(out / "frames.csv")) == summary["frames_analysed"]
+
+
+def test_restarted_stream_is_renumbered_and_tracked_on(tmp_path):
+    """A camera (or looping replay) that starts again at frame 0 continues the run."""
+    frames, px, dt = _sim_frames(n=3)
+    again = [Frame(f.index, f.timestamp_s, px, f.image, "second") for f in frames]
+    pipeline = Pipeline(ListSource([*frames, *again], px, dt), ClassicalSegmenter(),
+                        Recorder(tmp_path), pixel_size_nm=px, frame_interval_s=dt,
+                        tracker_factory=_tracker_factory())
+    summary = pipeline.run()
+    assert summary["stream_restarts"] == 1
+    assert summary["frames_analysed"] == 6 and summary["tracking_failures"] == 0
+    table = pd.read_csv(tmp_path / "frames.csv")
+    assert table["frame"].tolist() == list(range(6))
+    assert np.all(np.diff(table["time_s"].to_numpy()) > 0)

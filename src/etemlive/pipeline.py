@@ -204,6 +204,12 @@ class Pipeline:
         self._last_count = 0
         self._last_mean_nm = float("nan")
         self._last_frame_index = -1
+        self._index_offset = 0
+        self._time_offset_s = 0.0
+        self._last_index_in = -1
+        self._last_time_in = 0.0
+        self.restarts = 0
+        self._tracking_failures = 0
 
     # ------------------------------------------------------------------ readers
     @property
@@ -408,14 +414,36 @@ class Pipeline:
                 self._count_failure("read", str(err))
                 continue
             now = time.perf_counter()
-            if frame.received_s is None:
-                frame = Frame(frame.index, frame.timestamp_s, frame.pixel_size_nm, frame.image,
-                              frame.series, now)
+            frame = self._renumber(frame, now)
             self.received += 1
             self._in_meter.tick(now)
             if self._pixel_size_nm is None:
                 self._adopt_pixel_size(frame)
             yield frame
+
+    def _renumber(self, frame: Frame, now: float) -> Frame:
+        """Keep frame numbers and times increasing across a restarted stream.
+
+        A camera (or a looping replay) that starts a new series numbers from 0
+        again; the run goes on, numbered after the last frame seen, so the output
+        tables stay one movie and the tracker sees time move forward.
+        """
+        index = frame.index + self._index_offset
+        timestamp_s = frame.timestamp_s + self._time_offset_s
+        if index <= self._last_index_in:
+            step_s = self.frame_interval_s or 1.0
+            self._index_offset = self._last_index_in + 1 - frame.index
+            self._time_offset_s = self._last_time_in + step_s - frame.timestamp_s
+            index = frame.index + self._index_offset
+            timestamp_s = frame.timestamp_s + self._time_offset_s
+            self.restarts += 1
+            log.warning("frame numbers restarted (series %r, frame %d): continuing as frame %d",
+                        frame.series, frame.index, index)
+        self._last_index_in, self._last_time_in = index, timestamp_s
+        if index == frame.index and timestamp_s == frame.timestamp_s and frame.received_s:
+            return frame
+        return Frame(index, timestamp_s, frame.pixel_size_nm, frame.image, frame.series,
+                     frame.received_s or now)
 
     def _adopt_pixel_size(self, frame: Frame) -> None:
         candidate = frame.pixel_size_nm
@@ -479,14 +507,20 @@ class Pipeline:
         events = None
         drift_nm = None
         if self._tracker_factory is not None:
-            with self._lock:
-                if self.tracker is None:
-                    self.tracker = self._tracker_factory(self._pixel_size_nm or 1.0,
-                                                         self.frame_interval_s)
-                step = self.tracker.update(particles, labels=result.labels, image=frame.image)
-            particles = step.particles
-            events = step.events
-            drift_nm = tuple(step.drift_nm)
+            try:
+                with self._lock:
+                    if self.tracker is None:
+                        self.tracker = self._tracker_factory(self._pixel_size_nm or 1.0,
+                                                             self.frame_interval_s)
+                    step = self.tracker.update(particles, labels=result.labels, image=frame.image)
+                particles = step.particles
+                events = step.events
+                drift_nm = tuple(step.drift_nm)
+            except Exception:  # noqa: BLE001 (the frame is still measured and written)
+                self._tracking_failures += 1
+                if self._tracking_failures == 1:
+                    log.warning("tracking failed at frame %d; the frame is written untracked",
+                                frame.index, exc_info=True)
         t1 = time.perf_counter()
         time_s = self._time_of(frame)
         sized = particles.loc[~particles["touches_edge"].to_numpy(bool), "diameter_nm"].to_numpy()
@@ -631,6 +665,8 @@ class Pipeline:
             "latency_max_ms": float(latencies.max()) if latencies.size else float("nan"),
             "stage_ms_mean": {k: v / n for k, v in self._stage_ms.items()},
             "tracking": self._tracker_factory is not None,
+            "tracking_failures": self._tracking_failures,
+            "stream_restarts": self.restarts,
             "live_kinetics": _live_kinetics(self.live_fit),
             "warnings": list(s.warnings),
             **self.summary_extra,
