@@ -9,7 +9,12 @@ from skimage.draw import disk
 from etemlive.errors import CalibrationError, InputError
 from etemlive.metrics import match_instances, score_segmentation
 from etemlive.segment import Segmenter
-from etemlive.segment.classical import ClassicalConfig, ClassicalSegmenter, segment_classical
+from etemlive.segment.classical import (
+    ClassicalConfig,
+    ClassicalSegmenter,
+    detect_polarity,
+    segment_classical,
+)
 
 
 def _scene(disks, shape=(160, 160), *, bright=False, noise=4.0, gradient=0.0, seed=0,
@@ -67,6 +72,33 @@ def test_polarity_override(polarity, found):
     labels = segment_classical(image, 1.0, ClassicalConfig(polarity=polarity))
     f1 = score_segmentation(labels, truth, 1.0)["f1"]
     assert (f1 == 1.0) is found
+
+
+@pytest.mark.parametrize("bright", [False, True])
+def test_detect_polarity_synthetic(bright):
+    image, _ = _scene(_DISKS, bright=bright, gradient=0.3)
+    assert detect_polarity(image) == ("bright" if bright else "dark")
+
+
+def test_detect_polarity_real_images(shared_data):
+    """ardagen_catalysts: HAADF (bright) and TEM (dark) particles; the truth is read
+    off the images at the annotated box centres against their surroundings."""
+    import cv2
+    from skimage.io import imread
+
+    from etemlive.metrics import read_yolo_boxes
+
+    folder = shared_data / "ardagen_catalysts"
+    names = ["Cu1", "PtC1", "PtC2", "PtCo1", "Pt_carbon2", "Ru2"]
+    for name in names:
+        image = imread(folder / "images" / f"{name}.jpg")
+        image = (image[..., :3].mean(axis=-1) if image.ndim == 3 else image).astype(np.float32)
+        boxes = read_yolo_boxes(folder / "labels" / f"{name}.txt", image.shape)
+        r = ((boxes[:, 1] + boxes[:, 3]) / 2).astype(int).clip(0, image.shape[0] - 1)
+        c = ((boxes[:, 0] + boxes[:, 2]) / 2).astype(int).clip(0, image.shape[1] - 1)
+        local = (cv2.GaussianBlur(image, (0, 0), 2) - cv2.GaussianBlur(image, (0, 0), 30))[r, c]
+        expected = "bright" if np.median(local) > 0 else "dark"
+        assert detect_polarity(image) == expected, name
 
 
 @pytest.mark.parametrize("small_radius, overlap", [(5, 0), (8, 1)])
