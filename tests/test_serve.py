@@ -208,3 +208,22 @@ def test_serve_thread_reports_errors() -> None:
     with pytest.raises(InputError, match="bad endpoint"):
         thread.wait_ready()
     thread.join(5)
+
+
+def test_serve_a_movie_file_as_a_camera(tmp_path) -> None:
+    """A real movie reader (TIFF stack) replayed through serve keeps pixels and pixel size."""
+    tifffile = pytest.importorskip("tifffile")
+    files = pytest.importorskip("etemlive.sources.files", reason="movie readers not available")
+    stack = np.stack([np.full((20, 30), 100 + i, np.uint16) for i in range(6)])
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, stack)
+    movie = files.open_movie(path, pixel_size_nm=0.35)
+    server, endpoint = _start(movie, socket_type="push")
+    with ZmqSource(endpoint, socket_type="pull", policy="lossless", idle_timeout_s=10) as src:
+        got = list(src)
+    server.join(10)
+    movie.close()
+    assert server.error is None
+    assert [int(f.image[0, 0]) for f in got] == [100, 101, 102, 103, 104, 105]
+    assert all(f.pixel_size_nm == pytest.approx(0.35) for f in got)
+    assert src.counters.gaps == 0 and src.counters.malformed == 0
