@@ -181,7 +181,7 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise InputError(f"image must be numeric, got dtype {image.dtype}")
     out = image.astype(np.float32, copy=True)
-    if not np.isfinite(out).all():
+    if out.dtype.kind == "f" and image.dtype.kind == "f" and not np.isfinite(out).all():
         # NaN / inf pixels (dead pixels in float data) become the median.
         bad = ~np.isfinite(out)
         out[bad] = np.median(out[~bad]) if (~bad).any() else 0.0
@@ -391,9 +391,10 @@ def _watershed_multi(dist: np.ndarray, markers: np.ndarray, regions: np.ndarray,
     None when no region needed a watershed).
     """
     seeded = np.flatnonzero(markers)
-    pairs = np.unique(regions.ravel()[seeded].astype(np.int64) * (int(markers.max()) + 1)
+    stride = int(markers.ravel()[seeded].max()) + 1 if seeded.size else 1
+    pairs = np.unique(regions.ravel()[seeded].astype(np.int64) * stride
                       + markers.ravel()[seeded])
-    seeds_per_region = np.bincount(pairs // (int(markers.max()) + 1), minlength=n_regions)
+    seeds_per_region = np.bincount(pairs // stride, minlength=n_regions)
     multi = seeds_per_region >= 2
     multi[0] = False
     # Regions without a seed (too thin for a smoothed distance peak >= 1 px) are
