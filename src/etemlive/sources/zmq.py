@@ -342,6 +342,7 @@ class ZmqSource:
         Each message is counted in one locked step together with where it went
         (malformed, dropped or queued), so every snapshot of the counters adds up.
         """
+        missing = 0
         try:
             item = self._decode(parts, received_s)
             if isinstance(item, Frame):
