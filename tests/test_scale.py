@@ -158,3 +158,18 @@ def test_unreadable_label_asks_for_scale_bar_nm(monkeypatch):
     assert bar is not None and bar.label_text is None and bar.label_nm is None
     with pytest.raises(CalibrationError, match="could not read its label: pass --scale-bar-nm"):
         resolve_pixel_size(metadata_nm=None, user_nm=None, image=img)
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_bar_with_end_caps(bright):
+    # many microscopes draw the bar with vertical end caps: the length is cap to cap
+    img = background(5)
+    v = 255 if bright else 0
+    x0, x1, y = 400, 549, 440
+    cv2.rectangle(img, (x0, y), (x1, y + 3), v, -1)
+    cv2.rectangle(img, (x0, y - 8), (x0 + 2, y + 11), v, -1)
+    cv2.rectangle(img, (x1 - 2, y - 8), (x1, y + 11), v, -1)
+    cv2.putText(img, "100 nm", (430, y - 14), cv2.FONT_HERSHEY_SIMPLEX, 0.7, v, 2, cv2.LINE_AA)
+    bar = detect_scale_bar(img, ocr=False)
+    assert bar.length_px == x1 - x0 + 1
+    assert bar.label_bbox is not None and bar.label_bbox[2] <= y
