@@ -394,3 +394,19 @@ def test_write_simulation_failure_is_one_line_and_does_not_hang(tmp_path, blocke
     with pytest.raises(InputError, match="cannot write") as info:
         write_simulation(tmp_path / "movie.tif", cfg)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("scenario", ["ripening", "nucleation", "coalescence"])
+def test_events_are_observable_in_the_field_of_view(scenario):
+    frames = _frames(scenario=scenario, seed=0, n_frames=30, size_px=128, drift_px_per_frame=1.5)
+    events = [e for f in frames for e in f.events]
+    assert events
+    for e in events:
+        now = set(frames[e.frame].truth["truth_id"])
+        before = set(frames[e.frame - 1].truth["truth_id"])
+        if e.kind == "vanish":
+            assert e.ids[0] in before and e.ids[0] not in now
+        elif e.kind == "appear":
+            assert e.ids[0] in now and e.ids[0] not in before
+        else:
+            assert e.into_id in now or any(i in before for i in e.ids)

@@ -40,7 +40,9 @@ Ground truth
     ``vanish`` (dissolved: last seen in ``frame - 1``), ``merge`` (``ids`` the two
     parents, ``into_id`` the new particle) and ``split`` (``ids`` the two children,
     ``into_id`` the parent they came from). Particles present at frame 0 get no
-    ``appear`` event.
+    ``appear`` event. Only events visible in the field of view are reported: one of
+    the particles involved is in view in that frame or the one before (the sample
+    region extends beyond the view by the drift).
 
 Everything is deterministic from ``seed``: the same config gives identical bytes.
 """
@@ -900,6 +902,7 @@ class Simulation:
         self.hi = size - self.offsets.min(axis=0)
         self.region_area_nm2 = float(np.prod(self.hi - self.lo)) * self.px**2
         self.next_id = 1
+        self._prev_visible: set[int] = set()
         self.pop = _Population()
         self.metadata: dict[str, Any] = {
             "pixel_size_nm": self.px, "frame_interval_s": self.dt,
@@ -1376,6 +1379,13 @@ class Simulation:
                               carbon_mfp_nm=100.0, bright_field=cfg.bright_field,
                               blur_sigma_px=cfg.blur_sigma_px)
         truth = self._truth_table(frame, labels, x_img, y_img, dims, desc, off)
+        visible = set(truth["truth_id"].tolist())
+        # only events someone watching this field of view could see: a particle involved
+        # was in view in the previous frame or is in view now (drift margins hide some)
+        seen = visible | self._prev_visible
+        events = [e for e in events
+                  if any(i in seen for i in e.ids) or (e.into_id is not None and e.into_id in seen)]
+        self._prev_visible = visible
         return SimFrame(frame, frame * self.dt, image, labels, truth, events,
                         (float(off[0]), float(off[1])))
 
