@@ -174,12 +174,17 @@ def _find_label(
     wr0, wr1 = max(0, r0 - reach), min(rows, r1 + reach)
     wc0, wc1 = max(0, c0 - w), min(cols, c1 + w)
     win = mask[wr0:wr1, wc0:wc1].astype(np.uint8)
-    # remove the bar itself (and its end ticks) from the window
-    win[max(0, r0 - wr0 - 1):r1 - wr0 + 1, max(0, c0 - wc0 - 1):c1 - wc0 + 1] = 0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(win, connectivity=8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(win, connectivity=8)
     if n <= 1:
         return None
-    x, y, cw, ch, area = (stats[1:, i] for i in range(5))
+    # the bar itself and whatever touches it (end caps) is not text
+    on_bar = np.unique(lab[max(0, r0 - wr0):r1 - wr0, max(0, c0 - wc0):c1 - wc0])
+    keep = np.ones(n, bool)
+    keep[0] = False
+    keep[on_bar] = False
+    if not keep.any():
+        return None
+    x, y, cw, ch, area = (stats[keep, i] for i in range(5))
     # glyph-like: a few px at least, not taller than the search reach, not a long bar
     ok = (area >= 3) & (np.maximum(cw, ch) >= 3) & (ch <= reach) & (cw <= 1.2 * w + 10)
     if not ok.any():
@@ -333,7 +338,7 @@ def detect_scale_bar(
     """
     gray = _to_uint8(image)
     rows, cols = gray.shape
-    min_len = max(12, int(round(min_length_frac * cols)))
+    min_len = max(12, int(round(min_length_frac * cols))) | 1  # odd: centred kernel, no shift
     max_h = max(3, int(0.06 * rows))
     lo_v, hi_v = int(gray.min()), int(gray.max())
     if hi_v - lo_v < 40:
