@@ -134,3 +134,10 @@ def test_scale_bar_calibrates_and_is_masked_out(tmp_path):
     big = particles[particles["diameter_nm"] > 10]
     assert len(big) == len(centres)
     assert big["diameter_nm"].to_numpy() == pytest.approx(np.full(4, 14.0), rel=0.08)
+
+
+def test_live_bad_endpoint_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    result = etemlive("live", "nonsense", "--out", str(out), "--headless", "--backend", "classical")
+    assert_one_line_error(result, "nonsense")
+    assert not out.exists()

@@ -308,13 +308,18 @@ def cmd_live(args: argparse.Namespace) -> int:
     )
     headless = _decide_headless(args)
     segmenter = make_segmenter(args.backend)
-    recorder = Recorder(args.out, save_labels=args.save_labels)
-    recorder.write_config(config.to_dict())
+    # The socket first: a bad endpoint or a port in use leaves no output folder behind.
     source = ZmqSource(
         args.endpoint, bind=args.bind, socket_type=args.socket, policy=args.policy,
         pixel_size_nm=args.pixel_size_nm, idle_timeout_s=args.idle_timeout_s,
         queue_size=args.queue_size,
     )
+    try:
+        recorder = Recorder(args.out, save_labels=args.save_labels)
+    except BaseException:
+        source.close()
+        raise
+    recorder.write_config(config.to_dict())
     summary = _live_run(source, segmenter, recorder, args, headless=headless,
                         input_name=args.endpoint, config=config)
     _finish_outputs(Path(args.out), report=not args.no_report)
@@ -342,7 +347,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Simulator -> serve (ZeroMQ on loopback) -> live analysis: the whole real path."""
     from .config import RunConfig
     from .record import Recorder
-    from .serve import serve
+    from .serve import ServeThread
     from .sources.simulate import SimulatedSource, SimulationConfig
     from .sources.zmq import ZmqSource
 
@@ -350,54 +355,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     n_frames = max(2, int(math.ceil(args.seconds * fps)) + int(2 * fps))
     sim = SimulationConfig(scenario=args.scenario, seed=args.seed, n_frames=n_frames,
                            size_px=args.size)
-    simulated = SimulatedSource(sim)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    config = RunConfig(mode="demo", input=f"simulator {args.scenario} -> {endpoint}",
-                       out_dir=str(args.out), backend=args.backend, track=True)
     headless = _decide_headless(args)
     segmenter = make_segmenter(args.backend)
-    recorder = Recorder(args.out, save_labels=args.save_labels)
-    recorder.write_config(config.to_dict())
-    # The subscriber connects first so the publisher's first frames are not lost
-    # to the slow-joiner race.
-    source = ZmqSource(endpoint, socket_type="sub", policy="drop-oldest", idle_timeout_s=10.0,
-                       queue_size=LIVE_QUEUE_FRAMES)
-    stop = threading.Event()
-    served: dict[str, Any] = {}
-
-    def publish() -> None:
-        try:
-            served["frames"] = serve(simulated, endpoint, fps=fps, socket_type="pub",
-                                     stop_event=stop)
-        except BaseException as err:  # reported below, never silently lost
-            served["error"] = err
-
-    publisher = threading.Thread(target=publish, name="etemlive-serve", daemon=True)
-    publisher.start()
-    print(f"demo: simulated {args.scenario} movie, {args.size}x{args.size} px at {fps:g} fps, "
-          f"served on {endpoint}, for {args.seconds:g} s", file=sys.stderr)
-    args.pixel_size_nm = None
-    args.frame_interval_s = None
+    simulated = SimulatedSource(sim)
+    # Bound first on a free port; the publisher waits for its first subscriber, so
+    # connecting afterwards loses no frame.
+    camera = ServeThread(simulated, "tcp://127.0.0.1:0", fps=fps, socket_type="pub")
+    camera.start()
     try:
+        endpoint = camera.wait_ready()
+        config = RunConfig(mode="demo", input=f"simulator {args.scenario} -> {endpoint}",
+                           out_dir=str(args.out), backend=args.backend, track=True)
+        source = ZmqSource(endpoint, socket_type="sub", policy="drop-oldest",
+                           idle_timeout_s=10.0, queue_size=LIVE_QUEUE_FRAMES)
+        recorder = Recorder(args.out, save_labels=args.save_labels)
+        recorder.write_config(config.to_dict())
+        print(f"demo: simulated {args.scenario} movie, {args.size}x{args.size} px at {fps:g} fps, "
+              f"served on {endpoint}, for {args.seconds:g} s", file=sys.stderr)
+        args.pixel_size_nm = None
+        args.frame_interval_s = None
         summary = _live_run(source, segmenter, recorder, args, headless=headless,
                             input_name=config.input, config=config)
     finally:
-        stop.set()
-        publisher.join(timeout=5)
+        camera.stop()
+        camera.join(timeout=5)
         simulated.close()
-    if "error" in served:
-        raise served["error"]
+    if camera.error is not None:
+        raise camera.error
     _finish_outputs(Path(args.out), report=True)
     _print_summary(summary, Path(args.out))
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
