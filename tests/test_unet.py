@@ -106,9 +106,10 @@ def test_export_onnx_matches_torch(tmp_path):
 
 
 # ---------------------------------------------------------------- training
-#: First losses of `train_unet.py --device cpu --steps 3 --batch 2 --tile 64 --samples 4 --seed 0`
-#: (regenerate with the command in test_retrain_reproduces_loss_curve_start if the simulator changes).
-EXPECTED_FIRST_LOSSES: list[float] | None = None
+#: First losses of `python tools/train_unet.py --device cpu --steps 3 --batch 2 --tile 64
+#: --samples 4 --workers 1 --seed 0 --log-every 1` (simulator of commit b6e7c54). A change of the
+#: simulator's scenes changes them: rerun that command and paste its three "loss" values here.
+EXPECTED_FIRST_LOSSES: list[float] = [1.7422738075256348, 1.6955972909927368, 1.7600691318511963]
 
 
 def _train_args(tmp_path, seed=0):
@@ -128,14 +129,11 @@ def test_retrain_reproduces_loss_curve_start(tmp_path):
         pytest.skip("the simulator has no render_training_sample yet")
     train_unet, args = _train_args(tmp_path)
     log1 = train_unet.train(args)
-    log2 = train_unet.train(args)
     l1 = [c["loss"] for c in log1["curve"]]
-    l2 = [c["loss"] for c in log2["curve"]]
-    assert len(l1) == 3 and l1 == l2  # same seed, same curve, bit for bit on one machine
+    assert len(l1) == 3
     assert json.loads((tmp_path / "log.json").read_text())["meta"]["steps"] == 3
-    if EXPECTED_FIRST_LOSSES is not None:
-        # other CPUs may round differently: a small relative tolerance
-        np.testing.assert_allclose(l1, EXPECTED_FIRST_LOSSES, rtol=2e-3)
+    # the stored curve start (other CPUs may round differently: a small relative tolerance)
+    np.testing.assert_allclose(l1, EXPECTED_FIRST_LOSSES, rtol=2e-3)
     _, other = _train_args(tmp_path, seed=1)
     l3 = [c["loss"] for c in train_unet.train(other)["curve"]]
     assert l3 != l1  # another seed draws other data

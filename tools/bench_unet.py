@@ -225,6 +225,7 @@ def gpu_rows() -> str:
         f"(batch {bmax}; network alone {g['network_only_fps']}) | {g[f'e2e_fps_b{emax}']} (batch {emax}, "
         f"{g['cpu_cores']} CPU threads for instances) | p50 {g['latency_p50_ms']}, p99 {g['latency_p99_ms']} |\n"
         "| TensorRT FP16 | not measured (no TensorRT on the lent GPU) | not measured | not measured |\n"
+        + (f"\nGPU rows: {g.get('scenario', '')}; code measured: {g['code']}.\n" if "code" in g else "")
     )
 
 

@@ -148,10 +148,11 @@ def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, textur
         span = (x.amax(dim=(1, 2, 3), keepdim=True) - xmin).clamp_min(1e-6)
         x = ((x - xmin) / span).clamp_min(0) ** gamma
     flat = x.reshape(b, -1)
-    q = torch.quantile(flat, torch.tensor([0.005, 0.995], device=dev, dtype=flat.dtype), dim=1)
-    lo = q[0].view(b, 1, 1, 1)
-    hi = q[1].view(b, 1, 1, 1)
-    xn = (x - lo) / (hi - lo).clamp_min(1e-6)
+    q = torch.quantile(flat, torch.tensor([0.005, 0.5, 0.995], device=dev, dtype=flat.dtype), dim=1)
+    lo, med, hi = (q[i].view(b, 1, 1, 1) for i in range(3))
+    span = (hi - lo).clamp_min(1e-6)
+    # as normalize_frame: canonical bright-field polarity (dark field inverted)
+    xn = torch.where(hi - med > med - lo, (hi - x) / span, (x - lo) / span)
     if train:
         sigma = (torch.rand(b, generator=gen) * 0.08 * (torch.rand(b, generator=gen) < 0.5)).to(dev)
         noise = torch.randn(x.shape, generator=gen_dev, device=dev)

@@ -63,9 +63,13 @@ class Runner(Protocol):
 
 # ---------------------------------------------------------------- pre-processing
 def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """Robust per-frame normalization: percentiles ``low_pct``/``high_pct`` -> 0/1.
+    """Robust per-frame normalization to bright-field polarity: background ~1, particles ~0.
 
-    Polarity is kept (the network was trained on bright- and dark-field frames).
+    Percentiles ``low_pct``/``high_pct`` map to 0/1. Polarity is made canonical: when
+    the bright tail of the histogram is longer than the dark one (dark field / HAADF:
+    bright particles on a dark background) the frame is inverted. The network then
+    only ever sees dark particles, so bright grains of a carbon film are never taken
+    for dark-field particles (they were, on real bright-field images, before this).
     Percentiles are taken on a strided subsample (~65k px) so a 2048^2 frame costs
     a few ms; values are clipped to [-0.5, 1.5] to tame hot pixels.
 
@@ -87,9 +91,12 @@ def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float 
     check_frame(img)
     img = img.astype(np.float32, copy=False)
     step = max(1, int(np.sqrt(img.size / 65536)))
-    lo, hi = np.percentile(img[::step, ::step], [low_pct, high_pct])
+    lo, med, hi = np.percentile(img[::step, ::step], [low_pct, 50.0, high_pct])
     scale = 1.0 / max(float(hi - lo), 1e-6)
-    out = (img - np.float32(lo)) * np.float32(scale)
+    if hi - med > med - lo:  # bright tail longer: dark field / HAADF -> invert to bright field
+        out = (np.float32(hi) - img) * np.float32(scale)
+    else:
+        out = (img - np.float32(lo)) * np.float32(scale)
     return np.clip(out, -0.5, 1.5, out=out)
 
 
@@ -521,10 +528,12 @@ class TorchCudaRunner:
             x = raw["dev"]
             x = (x.to(torch.int32) & 0xFFFF).float() if dt == np.uint16 else x.float()
             sub = x[:, ::step, ::step].reshape(n, -1)
-            q = torch.quantile(sub, torch.tensor([0.005, 0.995], device=x.device), dim=1)
-            lo = q[0].view(n, 1, 1)
-            scale = 1.0 / (q[1] - q[0]).clamp_min(1e-6).view(n, 1, 1)
-            xn = ((x - lo) * scale).clamp_(-0.5, 1.5)
+            q = torch.quantile(sub, torch.tensor([0.005, 0.5, 0.995], device=x.device), dim=1)
+            scale = 1.0 / (q[2] - q[0]).clamp_min(1e-6)
+            dark_field = (q[2] - q[1]) > (q[1] - q[0])  # as normalize_frame: invert dark field
+            sign = torch.where(dark_field, -scale, scale).view(n, 1, 1)
+            origin = torch.where(dark_field, q[2], q[0]).view(n, 1, 1)
+            xn = ((x - origin) * sign).clamp_(-0.5, 1.5)
             xn = F.pad(xn[:, None], (0, wp - w, 0, hp - h), mode="reflect")
             slot["dev_in"].copy_(xn)
             if "graph" in slot:
