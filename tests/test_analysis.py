@@ -13,6 +13,7 @@ import pytest
 from etemlive.analysis import (
     DISTRIBUTION_COLUMNS,
     NOT_ENOUGH_DATA,
+    PLOT_NAMES,
     LiveAnalysis,
     analyze_output,
     fit_coarsening_kinetics,
@@ -347,8 +348,8 @@ def test_analyze_output_writes_everything(tmp_path):
     # LSW: small particles shrink, large grow; r* close to <r>
     assert 0.7 < kin["growth_rate_vs_size"]["critical_over_mean"] < 1.3
     assert kin["number_density"]["count"][0] == 250
-    for name in ("count_vs_time", "mean_size_vs_time", "size_histogram", "growth_curves",
-                 "kinetics_fit", "growth_rate_vs_size"):
+    assert set(res["plots"]) == set(PLOT_NAMES)
+    for name in PLOT_NAMES:
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and res["plots"][name] == png
 

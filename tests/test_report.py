@@ -84,7 +84,7 @@ def test_report_is_self_contained_with_sections_and_plots(tmp_path):
         assert f"<h2>{heading}</h2>" in text
     assert c.external == []  # nothing fetched from anywhere
     assert "script" not in c.tags and "link" not in c.tags
-    assert len(c.img_src) == 6
+    assert len(c.img_src) == 7
     for src in c.img_src:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

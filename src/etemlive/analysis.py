@@ -77,6 +77,7 @@ PLOT_NAMES: tuple[str, ...] = (
     "count_vs_time",
     "mean_size_vs_time",
     "size_histogram",
+    "reduced_size_lsw",
     "growth_curves",
     "kinetics_fit",
     "growth_rate_vs_size",
@@ -1289,6 +1290,25 @@ def write_plots(
     ax.set(xlabel="diameter (nm)", ylabel="density (1/nm)",
            title="Size distribution (last window, best fit by BIC)")
     save(fig, "size_histogram")
+
+    # reduced size rho = r / <r> against the LSW (n = 3) and Wagner (n = 2) curves
+    fig = _figure()
+    ax = fig.add_subplot()
+    if fit.status == "ok":
+        rho = d / d.mean()
+        ax.hist(rho, bins=np.linspace(0, max(2.4, float(rho.max()) * 1.05), 31), density=True,
+                color="0.8", edgecolor="0.6", label=f"measured, n = {d.size}")
+        grid = np.linspace(0, 2.4, 400)
+        ax.plot(grid, reduced_size_pdf(grid, "lsw"), color="C3", lw=1.6,
+                label=f"LSW, n = 3 (KS {fit.ks_lsw:.2f})")
+        ax.plot(grid, reduced_size_pdf(grid, "wagner"), color="C0", lw=1.6, ls="--",
+                label=f"Wagner, n = 2 (KS {fit.ks_wagner:.2f})")
+        ax.legend(frameon=False, fontsize=7)
+    else:
+        _no_data(ax, "reduced size distribution")
+    ax.set(xlabel="rho = r / <r>", ylabel="density",
+           title="Reduced size distribution vs ripening theory (last window)")
+    save(fig, "reduced_size_lsw")
 
     # growth curves of the longest tracks
     fig = _figure()

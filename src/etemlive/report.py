@@ -162,7 +162,8 @@ def render_report(out_dir: str | Path, result: Mapping[str, Any]) -> str:
     else:
         body.append(f'<p class="muted">Size distribution: {NOT_ENOUGH_DATA} '
                     f"(fewer than 20 sized particles in the last window)</p>")
-    body.append(_img(plots.get("size_histogram"), "size histogram with fits"))
+    body.append('<div class="grid">' + _img(plots.get("size_histogram"), "size histogram with fits")
+                + _img(plots.get("reduced_size_lsw"), "reduced size vs LSW / Wagner") + "</div>")
     if len(dist):
         cols = ["window_start_frame", "window_end_frame", "model", "component", "weight",
                 "weight_err", "mean_nm", "mean_err_nm", "std_nm", "std_err_nm", "n", "n_tracks",
