@@ -88,6 +88,10 @@ def merging_scene():
     return scene(rows)
 
 
+#: merges reported in the frame they are seen (no confirmation frame)
+AT_ONCE = TrackerConfig(merge_confirm_frames=1)
+
+
 @pytest.mark.parametrize("with_labels", [False, True])
 def test_two_particles_approach_and_merge(with_labels):
     tab = merging_scene()
@@ -100,7 +104,7 @@ def test_two_particles_approach_and_merge(with_labels):
             ]
         )
     out, events, tracks = link_with_events(
-        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, labels=labels
+        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, labels=labels, config=AT_ONCE
     )
     assert_same_partition(out)
     assert_no_id_twice_per_frame(out)
@@ -117,6 +121,36 @@ def test_two_particles_approach_and_merge(with_labels):
     assert set(map(int, fate.loc[ids[3], "parent_ids"].split())) == {ids[0], ids[1]}
     assert fate.loc[ids[3], "fate"] == "alive"
     assert set(events["kind"]) == {"merge"}  # no appear / vanish around a merge
+
+
+def test_merge_confirmed_one_frame_later_keeps_the_merge_frame():
+    tab = merging_scene()
+    out, events, tracks = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    ids = out.groupby("truth")["track_id"].first()
+    (m,) = events.itertuples(index=False)
+    assert (m.kind, m.frame) == ("merge", 8)
+    assert set(map(int, m.track_ids.split())) == {ids[0], ids[1]}
+    product = out[out["truth"] == 3]
+    # frame 8 still carries the parent linked to the blob; the new id starts at frame 9
+    assert product.loc[product["frame"] == 8, "track_id"].iloc[0] in {ids[0], ids[1]}
+    assert (product.loc[product["frame"] >= 9, "track_id"] == m.into_id).all()
+
+
+def test_one_frame_blob_is_not_a_merge():
+    # two touching particles segmented as one blob in frame 5 only
+    rows = []
+    for f in range(10):
+        if f == 5:
+            rows.append((f, 9, 45.0, 40.0, 14.0))
+        else:
+            rows += [(f, 0, 40.0, 40.0, 10.0), (f, 1, 50.0, 40.0, 10.0)]
+    tab = scene(rows)
+    out, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert len(events) == 0
+    kept = out[out["truth"] != 9]
+    assert_same_partition(kept)
+    assert out["track_id"].nunique() == 2
 
 
 def test_merge_keeping_the_survivor_id():
@@ -425,7 +459,7 @@ def test_config_round_trip():
 
 def test_track_frames_generator_and_history():
     tab = merging_scene()
-    tr = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    tr = Tracker(AT_ONCE, pixel_size_nm=PX_NM, frame_interval_s=0.5)
     steps = list(
         track_frames(
             (g for _, g in tab.groupby("frame")),
@@ -529,7 +563,9 @@ def test_merge_event_scores():
 
 def test_evaluate_tracking_perfect_on_the_merge_scene():
     tab = merging_scene()
-    out, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    out, events, _ = link_with_events(
+        tab, pixel_size_nm=PX_NM, frame_interval_s=0.5, config=AT_ONCE
+    )
     truth = tab.rename(columns={"truth": "truth_id"})
     tev = pd.DataFrame({"frame": [8], "kind": ["merge"], "ids": ["0 1"], "into_id": [3]})
     r = evaluate_tracking(out, truth, radius_px=1.0, pred_events=events, truth_events=tev)

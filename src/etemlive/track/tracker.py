@@ -181,6 +181,14 @@ class TrackerConfig:
         The particle linked to a merge product must have grown by at least this fraction
         of the lost particles' area (a small particle vanishing next to a large one by
         ripening is a vanish, not a merge).
+    merge_confirm_frames : int
+        A merge is only reported when the lost particle stays lost this many frames (1:
+        at once); the event keeps the frame the merge was first seen, the merge product's
+        new id starts when it is confirmed.
+    blob_area_ratio : float
+        A detection more than this many times the area of the track linked to it is taken
+        as a blob (touching particles seen as one): the track keeps its own position and
+        size instead of being updated with it.
     vanish_fraction : float
         A lost particle whose last area is below this fraction of its largest area was
         shrinking away: its end is a vanish, never a merge.
@@ -209,6 +217,8 @@ class TrackerConfig:
     merge_area_min: float = 0.55
     merge_margin_nm: float = 1.0
     merge_growth_min: float = 0.25
+    merge_confirm_frames: int = 2
+    blob_area_ratio: float = 1.6
     vanish_fraction: float = 0.3
     split_shrink: float = 0.85
     detect_merges: bool = True
@@ -218,6 +228,10 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         _non_negative("merge_margin_nm", self.merge_margin_nm)
+        if not (isinstance(self.blob_area_ratio, int | float) and self.blob_area_ratio >= 1):
+            raise InputError(
+                f"TrackerConfig.blob_area_ratio must be >= 1, got {self.blob_area_ratio!r}"
+            )
         for name in ("gate_nm", "unmatched_cost", "max_drift_nm"):
             _positive(name, getattr(self, name))
         for name in (
@@ -227,7 +241,12 @@ class TrackerConfig:
             "drift_change_nm_per_frame",
         ):
             _non_negative(name, getattr(self, name))
-        for name in ("max_gap_frames", "edge_gap_frames", "min_drift_matches"):
+        for name in (
+            "max_gap_frames",
+            "edge_gap_frames",
+            "min_drift_matches",
+            "merge_confirm_frames",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
                 raise InputError(f"TrackerConfig.{name} must be an integer >= 0, got {value!r}")
@@ -563,6 +582,9 @@ class Tracker:
         self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
         self._edge = np.zeros(0, dtype=bool)  # touched the image border when last seen
         self._step = np.zeros(0)  # typical own displacement per frame (running mean), nm
+        # a merge seen but not yet confirmed: the id of the track it merged into, and when
+        self._pend_into = np.zeros(0, dtype=np.int64)
+        self._pend_frame = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
         self._missed = np.zeros(0, dtype=np.int64)
         # every track ever, indexed by id
@@ -611,6 +633,8 @@ class Tracker:
             "_label",
             "_edge",
             "_step",
+            "_pend_into",
+            "_pend_frame",
             "_seen",
             "_missed",
         ):
@@ -652,6 +676,8 @@ class Tracker:
         self._label = np.concatenate([self._label, label])
         self._edge = np.concatenate([self._edge, edge])
         self._step = np.concatenate([self._step, np.zeros(len(ids))])
+        self._pend_into = np.concatenate([self._pend_into, np.full(len(ids), -1, dtype=np.int64)])
+        self._pend_frame = np.concatenate([self._pend_frame, np.zeros(len(ids), dtype=np.int64)])
         self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
 
@@ -884,6 +910,8 @@ class Tracker:
                 ended,
                 events,
             )
+        if cfg.detect_merges and len(self._ids) and cfg.merge_confirm_frames > 1:
+            self._confirm_merges(frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events)
         unmatched_det = np.flatnonzero(det_track < 0)
         child_of = np.full(n_det, -1, dtype=np.int64)
         if cfg.detect_splits and len(unmatched_det) and len(m_t):
@@ -907,6 +935,23 @@ class Tracker:
 
         # 6. update linked tracks, age the others, drop vanished / merged ones
         keep_m = ~ended[m_t]
+        # A track linked to a blob (an unconfirmed merge, or a sudden jump in area: two
+        # touching particles segmented as one) keeps its own position and size, so that
+        # when the blob comes apart each part is found where it was.
+        blob = (
+            keep_m
+            & (area[m_d] > cfg.blob_area_ratio * self._area[m_t])
+            & ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
+            & ~self._edge[m_t]
+        )
+        pend = self._pend_into[self._pend_into >= 0]
+        if len(pend):
+            blob |= np.isin(self._ids[m_t], pend) & keep_m
+        if blob.any():
+            self._seen[m_t[blob]] = frame_idx
+            self._missed[m_t[blob]] = 0
+            self._label[m_t[blob]] = det_label[m_d[blob]]
+            keep_m &= ~blob
         mt, md = m_t[keep_m], m_d[keep_m]
         if len(mt):
             self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], det[md])
@@ -1105,21 +1150,65 @@ class Tracker:
                 >= self._area[survivor] + cfg.merge_growth_min * np.nansum(self._area[absorbed])
             ):
                 continue  # the linked particle did not take up the lost one's matter
-            part_ids = sorted(int(self._ids[p]) for p in parts)
-            if cfg.merge_new_id or survivor < 0:
-                (into,) = self._new_ids(1, frame_idx).tolist()
-                self._parents[into] = part_ids
-                det_track[j] = into
-                det_is_new[j] = True
-                ended[parts] = True
-            else:
-                into = int(self._ids[survivor])
-                ended[absorbed] = True
-            for p in parts:
-                if ended[p]:
-                    self._fate[int(self._ids[p])] = _FATE_MERGED
-                    self._merged_into[int(self._ids[p])] = into
-            events.append((frame_idx, "merge", " ".join(map(str, part_ids)), into))
+            if survivor >= 0 and cfg.merge_confirm_frames > 1:
+                # wait: a segmentation glitch (two touching particles seen as one for a
+                # frame) comes apart again and the lost track simply links back
+                self._pend_into[absorbed] = self._ids[survivor]
+                self._pend_frame[absorbed] = frame_idx
+                continue
+            self._merge(
+                absorbed, survivor, j, frame_idx, frame_idx, det_track, det_is_new, ended, events
+            )
+
+    def _confirm_merges(self, frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events):
+        """Pending merges whose lost tracks stayed lost ``merge_confirm_frames`` frames while
+        the track they merged into went on: merge events (dated when the merge was seen)."""
+        cfg = self.config
+        pend = self._pend_into >= 0
+        # a pending track seen again was not merged
+        self._pend_into[pend & matched] = -1
+        pend = (self._pend_into >= 0) & ~ended
+        if not pend.any():
+            return
+        row_of_id = dict(zip(self._ids[m_t].tolist(), m_t.tolist(), strict=True))
+        det_of_row = dict(zip(m_t.tolist(), m_d.tolist(), strict=True))
+        for into in np.unique(self._pend_into[pend]).tolist():
+            absorbed = np.flatnonzero(pend & (self._pend_into == into))
+            survivor = row_of_id.get(into, -1)
+            if survivor < 0 or ended[survivor]:
+                self._pend_into[absorbed] = -1  # the merge product was lost: no merge
+                continue
+            first = int(self._pend_frame[absorbed].min())
+            if frame_idx - first + 1 < cfg.merge_confirm_frames:
+                continue
+            j = det_of_row[survivor]
+            self._merge(
+                absorbed, survivor, j, first, frame_idx, det_track, det_is_new, ended, events
+            )
+
+    def _merge(
+        self, absorbed, survivor, j, event_frame, frame_idx, det_track, det_is_new, ended, events
+    ):
+        """Record one merge of the ``absorbed`` rows (and ``survivor`` row, -1 for none) into
+        detection ``j``."""
+        cfg = self.config
+        parts = list(np.atleast_1d(absorbed).tolist()) + ([survivor] if survivor >= 0 else [])
+        part_ids = sorted(int(self._ids[p]) for p in parts)
+        if cfg.merge_new_id or survivor < 0:
+            (into,) = self._new_ids(1, frame_idx).tolist()
+            self._parents[into] = part_ids
+            det_track[j] = into
+            det_is_new[j] = True
+            ended[parts] = True
+        else:
+            into = int(self._ids[survivor])
+            ended[absorbed] = True
+        for p in parts:
+            if ended[p]:
+                self._fate[int(self._ids[p])] = _FATE_MERGED
+                self._merged_into[int(self._ids[p])] = into
+        self._pend_into[parts] = -1
+        events.append((event_frame, "merge", " ".join(map(str, part_ids)), into))
 
     def _find_splits(
         self, unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
