@@ -181,7 +181,9 @@ def test_bad_image(image, match):
     "kwargs, match",
     [({"polarity": "up"}, "polarity"), ({"smoothing_nm": -1.0}, "smoothing_nm"),
      ({"background_nm": float("nan")}, "background_nm"), ({"percentiles": (50, 10)}, "percentiles"),
-     ({"split_ratio": 1.5}, "split_ratio"), ({"min_diameter_nm": -2}, "min_diameter_nm")],
+     ({"split_ratio": 1.5}, "split_ratio"), ({"min_diameter_nm": -2}, "min_diameter_nm"),
+     ({"low_sigma": -1.0}, "low_sigma"), ({"dist_sigma_px": float("nan")}, "dist_sigma_px"),
+     ({"edge_fraction": 1.0}, "edge_fraction"), ({"watershed_half_res_px": 0}, "half_res")],
 )
 def test_config_validated(kwargs, match):
     with pytest.raises(InputError, match=match):

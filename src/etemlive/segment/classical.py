@@ -163,6 +163,14 @@ class ClassicalConfig:
             raise InputError(f"edge_fraction must be in [0, 1), got {self.edge_fraction!r}")
         if not 0 < self.split_ratio < 1:
             raise InputError(f"split_ratio must be in (0, 1), got {self.split_ratio!r}")
+        for name in ("split_min_dip_px", "split_sigma", "dist_sigma_px", "low_sigma",
+                     "high_sigma", "min_seed_sigma", "smoothing_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not self.watershed_half_res_px > 0:
+            raise InputError(f"watershed_half_res_px must be > 0 (inf disables), got "
+                             f"{self.watershed_half_res_px!r}")
         if not (math.isfinite(self.min_diameter_nm) and self.min_diameter_nm >= 0):
             raise InputError(f"min_diameter_nm must be >= 0 nm, got {self.min_diameter_nm!r}")
 
