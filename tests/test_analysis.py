@@ -325,6 +325,8 @@ def test_live_analysis_refits_every_n_frames():
     assert [r.frame for r in results] == [9, 19, 29]
     last = results[-1]
     assert last.distribution.status == "ok"
+    # each tracked particle counted once over the 5-frame window
+    assert last.distribution.n == particles[particles.frame >= 25]["track_id"].nunique()
     assert last.kinetics.status == "ok" and last.kinetics.n_points == 30
     assert live.latest is last
     # an empty frame is fine

@@ -951,9 +951,10 @@ class LiveResult:
 class LiveAnalysis:
     """Incremental analysis fed one frame at a time; refits every N frames.
 
-    Keeps per frame only the kept diameters (a small array) and the mean radius, so an
-    update costs O(particles in the frame); a refit costs one distribution fit on the
-    last ``window_frames`` frames plus one kinetics fit on the mean-radius series.
+    Keeps per frame only the kept diameters and track ids (small arrays) and the mean
+    radius, so an update costs O(particles in the frame); a refit costs one distribution
+    fit on the last ``window_frames`` frames (each tracked particle once) plus one
+    kinetics fit on the mean-radius series.
 
     Parameters
     ----------
@@ -980,6 +981,7 @@ class LiveAnalysis:
         self.max_components = max_components
         self.n_bootstrap = n_bootstrap
         self._diam: list[np.ndarray] = []
+        self._tid: list[np.ndarray] = []
         self._t: list[float] = []
         self._r: list[float] = []
         self._sem: list[float] = []
@@ -990,12 +992,16 @@ class LiveAnalysis:
         """Add one frame's particle rows; return a :class:`LiveResult` when it refits."""
         rows = _size_rows(particles)
         d = rows["diameter_nm"].to_numpy(float) if len(rows) else np.empty(0)
+        tid = (rows["track_id"].to_numpy(float) if len(rows) and "track_id" in rows
+               else np.full(d.size, np.nan))
         if time_s is None:
             time_s = float(particles["time_s"].iloc[0]) if len(particles) else (
                 self._t[-1] + 1.0 if self._t else 0.0)
         self._diam.append(d)
+        self._tid.append(tid)
         if len(self._diam) > self.window_frames:
             self._diam.pop(0)
+            self._tid.pop(0)
         self._t.append(float(time_s))
         self._r.append(float(d.mean() / 2) if d.size else float("nan"))
         self._sem.append(float(d.std() / 2 / math.sqrt(d.size)) if d.size > 1 else float("nan"))
@@ -1007,8 +1013,15 @@ class LiveAnalysis:
     def refit(self, *, frame: int = -1) -> LiveResult:
         """Refit now on what has been fed."""
         self._since = 0
+        d = np.concatenate(self._diam) if self._diam else np.empty(0)
+        tid = np.concatenate(self._tid) if self._tid else np.empty(0)
+        tracked = np.isfinite(tid) & (tid >= 0)
+        if tracked.any():
+            # each tracked particle once (its mean diameter over the window), as offline
+            per_track = pd.Series(d[tracked]).groupby(tid[tracked]).mean().to_numpy()
+            d = np.concatenate([per_track, d[~tracked]])
         dist = fit_size_distribution(
-            np.concatenate(self._diam) if self._diam else np.empty(0),
+            d,
             max_components=self.max_components,
             n_bootstrap=self.n_bootstrap,
         )
