@@ -216,7 +216,7 @@ class TrackerConfig:
     merge_overlap: float = 0.2
     merge_area_min: float = 0.55
     merge_margin_nm: float = 1.0
-    merge_growth_min: float = 0.25
+    merge_growth_min: float = 0.5
     merge_confirm_frames: int = 2
     blob_area_ratio: float = 1.6
     vanish_fraction: float = 0.3
