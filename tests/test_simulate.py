@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -410,3 +411,15 @@ def test_events_are_observable_in_the_field_of_view(scenario):
             assert e.ids[0] in now and e.ids[0] not in before
         else:
             assert e.into_id in now or any(i in before for i in e.ids)
+
+
+def test_config_round_trips_through_the_meta_file(tmp_path):
+    cfg = SimulationConfig(scenario="nucleation", seed=9, n_frames=5, size_px=64)
+    paths = write_simulation(tmp_path / "m.tif", cfg)
+    saved = json.loads(paths["meta"].read_text())["config"]
+    again = SimulationConfig.from_dict(saved)
+    assert again == cfg.resolved()
+    a, b = _frames(**dataclasses.asdict(cfg)), list(simulate(again))
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    with pytest.raises(InputError, match="unknown simulation setting"):
+        SimulationConfig.from_dict({**saved, "warp_speed": 9})

@@ -334,8 +334,17 @@ class SimulationConfig:
         return dataclasses.replace(self, **out)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict of the fields."""
+        """Plain-JSON dict of the fields (``<stem>_meta.json`` stores the resolved one)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SimulationConfig:
+        """The config back from :meth:`to_dict` (e.g. ``meta["config"]``); validated."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown simulation setting(s): {', '.join(unknown)}")
+        return cls(**values)
 
 
 # Scenario defaults for the None fields; "area_fraction" drives the particle count.
