@@ -1022,11 +1022,17 @@ class Tracker:
         return idx
 
     def _gap_limit(self) -> np.ndarray:
-        """Frames each live track may stay missed: longer for one that left by the border."""
+        """Frames each live track may stay missed: longer for one that left by the border,
+        at most 2 for one that was shrinking away."""
         cfg = self.config
-        return np.where(
-            self._edge, max(cfg.edge_gap_frames, cfg.max_gap_frames), cfg.max_gap_frames
-        )
+        # A particle that was shrinking away in place (ripening) has most likely vanished:
+        # short wait. One moving across the border shrinks too, as it leaves the view: it
+        # may come back, so it waits longer.
+        shrinking = self._area < cfg.vanish_fraction * self._peak
+        moving = self._step > 0.05 * cfg.gate_nm
+        may_return = self._edge & (moving | ~shrinking)
+        limit = np.where(shrinking, min(cfg.max_gap_frames, 2), cfg.max_gap_frames)
+        return np.where(may_return, max(cfg.edge_gap_frames, cfg.max_gap_frames), limit)
 
     def _gated_costs(
         self,
