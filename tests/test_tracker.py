@@ -123,18 +123,25 @@ def test_two_particles_approach_and_merge(with_labels):
     assert set(events["kind"]) == {"merge"}  # no appear / vanish around a merge
 
 
-def test_merge_confirmed_one_frame_later_keeps_the_merge_frame():
+@pytest.mark.parametrize("confirm", [2, 3])
+def test_confirmed_merge_keeps_the_merge_frame(confirm):
     tab = merging_scene()
-    out, events, tracks = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    out, events, tracks = link_with_events(
+        tab,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(merge_confirm_frames=confirm),
+    )
     assert_no_id_twice_per_frame(out)
     ids = out.groupby("truth")["track_id"].first()
     (m,) = events.itertuples(index=False)
     assert (m.kind, m.frame) == ("merge", 8)
     assert set(map(int, m.track_ids.split())) == {ids[0], ids[1]}
     product = out[out["truth"] == 3]
-    # frame 8 still carries the parent linked to the blob; the new id starts at frame 9
-    assert product.loc[product["frame"] == 8, "track_id"].iloc[0] in {ids[0], ids[1]}
-    assert (product.loc[product["frame"] >= 9, "track_id"] == m.into_id).all()
+    # until confirmed, the product carries the parent linked to it; then the new id
+    early = product["frame"] < 8 + confirm - 1
+    assert set(product.loc[early, "track_id"]) <= {ids[0], ids[1]}
+    assert (product.loc[~early, "track_id"] == m.into_id).all()
 
 
 def test_one_frame_blob_is_not_a_merge():

@@ -215,9 +215,9 @@ class TrackerConfig:
     drift_change_nm_per_frame: float = 0.05
     merge_overlap: float = 0.2
     merge_area_min: float = 0.55
-    merge_margin_nm: float = 1.0
+    merge_margin_nm: float = 0.0
     merge_growth_min: float = 0.5
-    merge_confirm_frames: int = 2
+    merge_confirm_frames: int = 3
     blob_area_ratio: float = 1.6
     vanish_fraction: float = 0.3
     split_shrink: float = 0.85
