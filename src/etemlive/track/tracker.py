@@ -145,7 +145,8 @@ class TrackerConfig:
     gate_growth_per_gap : float
         The gate of a track missed for ``m`` frames is ``gate_nm * (1 + growth * m)``.
     gap_cost : float
-        Added cost per frame a track has been missed.
+        Added cost per frame a track has been missed (counted up to 3 frames), so a track
+        seen in the last frame wins a particle from a stale one.
     size_weight : float
         Cost of a size change: ``size_weight * |ln(d_new / d_old)|`` (diameters).
     overlap_weight : float
@@ -156,8 +157,8 @@ class TrackerConfig:
         made whenever it costs less than leaving both ends unlinked (2).
     drift : {"auto", "image", "matches", "none"}
         Stage-drift estimate: phase correlation of consecutive images ("image"), the
-        displacement of matched particles ("matches"), "auto" (images when given, else
-        matches) or none.
+        displacement of matched particles ("matches"), "auto" (matches; the images only
+        when too few particles were linked in the previous frame) or none.
     max_drift_nm : float
         Largest stage jump between two frames the displacement search looks for, nm.
     min_drift_matches : int
@@ -191,7 +192,8 @@ class TrackerConfig:
         size instead of being updated with it.
     vanish_fraction : float
         A lost particle whose last area is below this fraction of its largest area was
-        shrinking away: its end is a vanish, never a merge.
+        shrinking away: its end is a vanish, never a merge, and it is given up after at
+        most 2 missed frames (unless it was moving across the image border).
     split_shrink : float
         A parent that splits keeps at most this fraction of its previous area.
     detect_merges, detect_splits : bool
