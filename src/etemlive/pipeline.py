@@ -666,6 +666,7 @@ class Pipeline:
             "stage_ms_mean": {k: v / n for k, v in self._stage_ms.items()},
             "tracking": self._tracker_factory is not None,
             "tracking_failures": self._tracking_failures,
+            "tracker": _tracker_info(self.tracker),
             "stream_restarts": self.restarts,
             "live_kinetics": _live_kinetics(self.live_fit),
             "warnings": list(s.warnings),
@@ -692,3 +693,13 @@ def _live_kinetics(live_fit: Any) -> dict[str, Any] | None:
     to_dict = getattr(kinetics, "to_dict", None)
     out = to_dict() if callable(to_dict) else {}
     return {"frame": getattr(live_fit, "frame", None), **out}
+
+
+def _tracker_info(tracker: Any) -> dict[str, Any] | None:
+    """The tracker's settings and its count of rows dropped for NaN coordinates."""
+    if tracker is None:
+        return None
+    config = getattr(tracker, "config", None)
+    to_dict = getattr(config, "to_dict", None)
+    return {"config": to_dict() if callable(to_dict) else None,
+            "rows_dropped_nan": int(getattr(tracker, "n_dropped_nan", 0))}
