@@ -162,25 +162,35 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
     ndarray (H, W) int32: marker values, 0 outside ``mask``.
     """
     h, w = relief.shape
-    pad = np.full((h + 2, w + 2), -1, np.int16)  # border and background are never uphill
+    wp = w + 2
+    pad = np.full((h + 2, wp), -1, np.int16)  # border and background are never uphill
     pad[1:-1, 1:-1] = np.where(mask, relief, -1)
-    best = pad[1:-1, 1:-1].copy()
-    step = np.zeros((h, w), np.int32)
+    flat_pad = pad.ravel()
+    # work on the mask pixels only (compact arrays): the touching pieces are a small
+    # part of their bounding box
+    rr, cc = np.nonzero(mask)
+    at = ((rr + 1) * wp + (cc + 1)).astype(np.int64)  # positions in the padded grid
+    best = flat_pad[at]
+    step = np.zeros(at.size, np.int64)
     for dy, dx in _NEIGHBOURS:
-        cand = pad[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
+        off = dy * wp + dx
+        cand = flat_pad[at + off]
         higher = cand > best
         np.copyto(best, cand, where=higher)
-        np.copyto(step, dy * w + dx, where=higher)
-    parent = np.arange(h * w, dtype=np.int32)
-    flat_markers = markers.ravel()
-    movable = (flat_markers == 0) & mask.ravel()
-    parent[movable] += step.ravel()[movable]
+        np.copyto(step, off, where=higher)
+    compact = np.full(pad.size, -1, np.int64)
+    compact[at] = np.arange(at.size)
+    parent = np.arange(at.size)
+    seeds = markers[rr, cc]
+    movable = seeds == 0
+    parent[movable] = compact[at[movable] + step[movable]]  # uphill neighbours are mask pixels
     for _ in range(64):  # converges in ~log2(longest path) passes
         nxt = parent[parent]
         if np.array_equal(nxt, parent):
             break
         parent = nxt
-    out = flat_markers[parent].reshape(h, w)
+    out = np.zeros((h, w), np.int32)
+    out[rr, cc] = seeds[parent]
     lost = mask & (out == 0)
     if lost.any():  # a path ended at a peak without a marker (rare): take a neighbour's label
         for _ in range(3):
