@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -223,6 +224,7 @@ class UNetSegmenter:
         self.min_median_diameter_px = float(min_median_diameter_px)
         self.max_bin = int(max_bin)
         self.last_bin = 1  # binning used for the last frame (1 = native)
+        self._runner_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -240,6 +242,12 @@ class UNetSegmenter:
     def _maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         # float32 maps, or uint8 maps (probability x 255) from a runner that quantizes on
         # the GPU (a quarter of the bytes to copy back; thresholds on uint8 are cheap).
+        # One runner call at a time: runners reuse their buffers / CUDA graphs, and the
+        # scale check may call from an instance thread.
+        with self._runner_lock:
+            return self._maps_unlocked(images)
+
+    def _maps_unlocked(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         if hasattr(self.runner, "predict_frames") and all(
             np.ndim(im) == 2 and max(np.shape(im)) <= self.max_frame_px for im in images
         ):
@@ -286,6 +294,10 @@ class UNetSegmenter:
             core_threshold=self.core_threshold, min_area_px=self.min_area_px,
         )
 
+    def _labels_checked(self, image: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        # instances + scale check, run on the instance thread pool
+        return self._check_scale(image, self._instances(maps))
+
     def _check_scale(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Re-segment binned 2x (then 4x) when the typical detection is implausibly small.
 
@@ -327,13 +339,12 @@ class UNetSegmenter:
         """Labels of several queued frames: one network batch, instance steps on a thread pool."""
         validate_pixel_size_nm(pixel_size_nm)
         maps = self._maps(images)
+        images = [np.asarray(im) for im in images]
         if len(maps) == 1 or self.workers == 1:
-            labels = [self._instances(m) for m in maps]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="instances")
-            labels = list(self._pool.map(self._instances, maps))
-        return [self._check_scale(np.asarray(im), lab) for im, lab in zip(images, labels, strict=True)]
+            return [self._labels_checked(im, m) for im, m in zip(images, maps, strict=True)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="instances")
+        return list(self._pool.map(self._labels_checked, images, maps))
 
     def segment_stream(
         self, images: Iterable[np.ndarray], pixel_size_nm: float, *, batch_size: int = 4
@@ -352,8 +363,7 @@ class UNetSegmenter:
 
         def flush() -> None:
             for im, maps in zip(batch, self._maps(batch), strict=True):
-                pending.append(self._pool.submit(self._instances, maps))
-                pending[-1].image = im  # for the scale check on the consumer side
+                pending.append(self._pool.submit(self._labels_checked, np.asarray(im), maps))
             batch.clear()
 
         for im in images:
@@ -361,13 +371,11 @@ class UNetSegmenter:
             if len(batch) == batch_size:
                 flush()
                 while len(pending) > 2 * batch_size:
-                    fut = pending.popleft()
-                    yield self._check_scale(np.asarray(fut.image), fut.result())
+                    yield pending.popleft().result()
         if batch:
             flush()
         while pending:
-            fut = pending.popleft()
-            yield self._check_scale(np.asarray(fut.image), fut.result())
+            yield pending.popleft().result()
 
     def close(self) -> None:
         """Stop the instance thread pool (if any)."""
