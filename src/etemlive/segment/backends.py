@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -619,7 +620,10 @@ class TorchCudaRunner:
 # ---------------------------------------------------------------- factory
 def _has_nvidia_driver() -> bool:
     # Cheap check before importing torch/tensorrt (an import of torch costs seconds).
-    return Path("/proc/driver/nvidia/version").exists() or os.environ.get("ETEMLIVE_ASSUME_GPU") == "1"
+    if os.environ.get("ETEMLIVE_ASSUME_GPU") == "1":
+        return True
+    marks = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0")
+    return any(Path(m).exists() for m in marks) or shutil.which("nvidia-smi") is not None
 
 
 def _cuda_available() -> bool:
