@@ -349,7 +349,7 @@ class SimulationConfig:
 
 # Scenario defaults for the None fields; "area_fraction" drives the particle count.
 _SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ripening": {"mean_diameter_nm": 4.0, "area_fraction": 0.10, "coalescence": False},
+    "ripening": {"mean_diameter_nm": 6.0, "area_fraction": 0.10, "coalescence": False},
     "coalescence": {"mean_diameter_nm": 8.0, "area_fraction": 0.08,
                     "brownian_d_nm2_per_s": 0.02, "split_rate_per_s": 0.0},
     "nucleation": {"mean_diameter_nm": 1.6, "area_fraction": 0.0,
