@@ -205,6 +205,7 @@ class Pipeline:
         self._last_mean_nm = float("nan")
         self._last_frame_index = -1
         self._index_offset = 0
+        self._image_shape: tuple[int, ...] | None = None
         self._time_offset_s = 0.0
         self._last_index_in = -1
         self._last_time_in = 0.0
@@ -556,6 +557,7 @@ class Pipeline:
             self._history[key].append(float(value))
         if events is not None and len(events):
             self._events.extend(events.to_dict("records"))
+        self._image_shape = result.labels.shape
         self._last_count = int(len(particles))
         self._last_mean_nm = mean_nm
         self._last_frame_index = frame.index
@@ -643,6 +645,7 @@ class Pipeline:
             "status": "finished" if self._ended_s is not None else "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(
                 getattr(self, "_started_wall", time.time()))),
+            "image_shape": list(self._image_shape) if self._image_shape else None,
             "pixel_size_nm": self._pixel_size_nm,
             "pixel_size_source": self._pixel_size_source,
             "frame_interval_s": self.frame_interval_s,
