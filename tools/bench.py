@@ -72,6 +72,21 @@ def _load(section: str):
     return module
 
 
+def _split_sections(text: str) -> dict[str, str]:
+    """Page -> {"": header, section: its text up to and including its timing line}."""
+    import re
+
+    out: dict[str, str] = {}
+    marker = re.compile(r"^_\(section `(\w+)` took .*\)_$", re.M)
+    start = text.find("\n## ")
+    out[""] = text[: start + 1] if start >= 0 else text
+    pos = start + 1 if start >= 0 else len(text)
+    for match in marker.finditer(text, pos):
+        out[match.group(1)] = text[pos: match.end()].strip("\n") + "\n"
+        pos = match.end()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes, not tens)")
@@ -91,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{command}`",
         "",
     ]
+    blocks: dict[str, str] = {}
     for section in args.only or SECTIONS:
         module = _load(section)
         if module is None:
@@ -101,10 +117,22 @@ def main(argv: list[str] | None = None) -> int:
             text = module.run(quick=args.quick)
         except Exception:  # noqa: BLE001 (a broken section is reported, the rest still runs)
             text = f"## {section}\n\nFAILED:\n\n```\n{traceback.format_exc()}```\n"
-        parts.append(text.rstrip() + "\n")
-        parts.append(f"_(section `{section}` took {time.perf_counter() - t0:.0f} s)_\n")
+        blocks[section] = (text.rstrip() + "\n\n"
+                           + f"_(section `{section}` took {time.perf_counter() - t0:.0f} s)_\n")
+    if args.only and args.out.exists():
+        # Re-running some sections keeps the others as they were measured, and says so.
+        old = _split_sections(args.out.read_text(encoding="utf-8"))
+        rerun = f"- sections {', '.join(blocks)} re-measured {parts[5][8:]} by `{command}`"
+        header = old.get("", "\n".join(parts)).rstrip() + "\n" + rerun + "\n"
+        merged = {k: v for k, v in old.items() if k}
+        merged.update(blocks)
+        ordered = [merged[k] for k in SECTIONS if k in merged]
+        ordered += [v for k, v in merged.items() if k not in SECTIONS]
+        text = header + "\n" + "\n".join(ordered)
+    else:
+        text = "\n".join(parts) + "\n" + "\n".join(blocks.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(parts), encoding="utf-8")
+    args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
