@@ -262,7 +262,7 @@ def test_cpu_budget_recovers_after_a_busy_spell():
     assert budget.allow()  # the last second was idle: draw again
 
 
-@pytest.mark.parametrize(("cores", "share"), [(1, 0.2), (2, 0.2), (4, 0.4), (16, 0.6)])
+@pytest.mark.parametrize(("cores", "share"), [(1, 0.1), (2, 0.1), (4, 0.2), (16, 0.6)])
 def test_default_cpu_budget(cores, share):
     assert dash.default_cpu_budget(cores) == pytest.approx(share)
 

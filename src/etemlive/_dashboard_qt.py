@@ -122,7 +122,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
     cpu_budget : float, "auto" or None
         Largest share of one core the display may use (see :class:`CpuBudget`): new
         frames are skipped while above it, so the analysis keeps its speed. "auto":
-        :func:`default_cpu_budget` (10 % of the machine); None: no limit.
+        :func:`default_cpu_budget` (5 % of the machine); None: no limit.
 
     Attributes
     ----------

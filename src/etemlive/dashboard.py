@@ -711,9 +711,14 @@ def warning_lines(stats: PipelineStats) -> list[str]:
 
 
 def default_cpu_budget(n_cores: int | None = None) -> float:
-    """Share of one core the display may use by default: 10 % of the machine, 0.2 to 0.6."""
+    """Share of one core the display may use by default: 5 % of the machine, 0.1 to 0.6.
+
+    Measured on the 2-core machine (docs/benchmarks.md, Dashboard): a display thread
+    at 0.2 of a core cost the saturated analysis 14 % of its throughput (GIL and
+    cache contention add to the CPU share), over the 10 % the product allows.
+    """
     cores = n_cores if n_cores is not None else (os.cpu_count() or 1)
-    return float(np.clip(0.1 * cores, 0.2, 0.6))
+    return float(np.clip(0.05 * cores, 0.1, 0.6))
 
 
 class CpuBudget:
