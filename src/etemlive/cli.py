@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line and exit code 2 (its default too)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"etemlive: error: {message} (see etemlive {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"etemlive: error: {message} (see {self.prog} --help)\n")
 
 
 def make_segmenter(backend: str) -> Any:
