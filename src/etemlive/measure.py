@@ -94,15 +94,16 @@ _FACETS = ((3, "triangle"), (4, "square"), (6, "hexagon"))
 _NOISE_HARMONICS = np.array([5, 7, 10, 11, 13, 14])
 # Pixelation noise floor of the relative harmonic amplitudes: _PIXEL_NOISE /
 # sqrt(P), P the perimeter in px. Digital disks of radius 6..17 px measure
-# 0.006..0.004 (~0.04 / sqrt(P)) on the noise harmonics; 0.065 also keeps disks of
-# radius 6 px with 0.5 px boundary noise from reading as hexagons (tested).
-_PIXEL_NOISE = 0.065
+# 0.006..0.004 (~0.04 / sqrt(P)) on the noise harmonics; 0.08 (with the SNR
+# thresholds below) keeps 3200 disks of radius 6..20 px with 0.5..1 px smooth
+# boundary noise from ever reading as hexagons (tested on 800 of them).
+_PIXEL_NOISE = 0.08
 # Decision thresholds per facet count n: the fitted polygon fraction (1 = exact
 # regular n-gon, 0 = disk) must exceed _MIN_FRACTION[n] AND be _MIN_SNR[n] times
 # its noise. Tuned on simulator seeds 1-2 (true and classically segmented labels),
 # set on the side of ``round``: a false facet is worse than a missed one.
 _MIN_FRACTION = {3: 0.5, 4: 0.45, 6: 0.45}
-_MIN_SNR = {3: 6.0, 4: 4.0, 6: 3.0}
+_MIN_SNR = {3: 6.0, 4: 4.0, 6: 3.5}
 # Facets are not resolved on fewer pixels (a 100 px hexagon has 5.5 px sides).
 _MIN_FACET_AREA_PX = 100
 # irregular: solidity < _SOLIDITY - _SOLIDITY_PIXEL / area_px. Pixel squares leave
@@ -340,8 +341,8 @@ def classify_shapes(support_px: np.ndarray, aspect_ratio: np.ndarray, solidity: 
     Rules, later ones win: ``round`` by default; ``triangle`` / ``square`` /
     ``hexagon`` when the :func:`polygon_fit` fraction for 3 / 4 / 6 facets is both
     large (>= 0.5 / 0.45 / 0.45 of an exact polygon) and well above the particle's
-    noise (signal-to-noise >= 6 / 4 / 3; noise = the off-family harmonics, with a
-    pixelation floor ``0.065 / sqrt(perimeter_px)``); a triangle also has a strong
+    noise (signal-to-noise >= 6 / 4 / 3.5; noise = the off-family harmonics, with a
+    pixelation floor ``0.08 / sqrt(perimeter_px)``); a triangle also has a strong
     6-fold term, so a triangle fit wins, otherwise the larger SNR margin;
     particles under 100 px -> ``round`` (facets unresolved); aspect ratio >= 1.4
     -> ``elongated`` (rods, ellipses); solidity < 0.85 - 15 / area_px ->
