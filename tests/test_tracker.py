@@ -345,6 +345,49 @@ def test_split_event():
     assert tracks.set_index("track_id").loc[child, "split_from"] == parent
 
 
+def test_fragments_seen_whole_again_rejoin_without_a_merge():
+    # one particle, cut in two by the segmentation for 4 frames, then seen whole again:
+    # the whole particle keeps its first id; the fragment's track ends, no merge event
+    rows = []
+    for f in range(5):
+        rows.append((f, 0, 40.0, 40.0, 12.0))
+    for f in range(5, 9):
+        rows.append((f, 0, 37.0, 40.0, 12.0 / math.sqrt(2)))
+        rows.append((f, 1, 44.0, 40.0, 12.0 / math.sqrt(2)))
+    for f in range(9, 15):
+        rows.append((f, 0, 40.0, 40.0, 12.0))
+    out, events, tracks = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    whole = out.loc[out["truth"] == 0, "track_id"]
+    assert whole.nunique() == 1
+    fragment = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+    assert "merge" not in set(events["kind"])
+    assert events["kind"].tolist() == ["split", "vanish"]
+    assert events["track_ids"].iloc[1] == str(fragment)
+    assert tracks.set_index("track_id").loc[fragment, "fate"] == "vanished"
+
+
+def test_real_particles_meeting_still_merge_after_a_fragment_rule():
+    # the fragment rule must not swallow real merges: the merge scene still gives one
+    tab = merging_scene()
+    _, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert events["kind"].tolist() == ["merge"]
+
+
+@pytest.mark.parametrize(("tentative_cost", "established_wins"), [(0.6, True), (0.0, False)])
+def test_established_track_wins_over_a_newborn_one(tentative_cost, established_wins):
+    # A sits at x=40; at frame 5 a spurious blob S shows at x=47 (one frame); from frame 6
+    # A is at x=44, nearer S's last position than its own. With the tentative cost the
+    # established track keeps the particle.
+    rows = [(f, 0, 40.0, 40.0, 8.0) for f in range(6)] + [(5, 1, 47.0, 40.0, 8.0)]
+    rows += [(f, 0, 44.0, 40.0, 8.0) for f in range(6, 9)]
+    cfg = TrackerConfig(tentative_cost=tentative_cost)
+    out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5, config=cfg)
+    assert_no_id_twice_per_frame(out)
+    a = out.loc[out["truth"] == 0].sort_values("frame")["track_id"]
+    assert (a.nunique() == 1) is established_wins
+
+
 def test_link_does_not_modify_its_input_and_keeps_its_index():
     tab = merging_scene()
     tab.index = tab.index[::-1] + 100
@@ -449,6 +492,8 @@ def test_update_rejects_bad_input():
         ({"merge_overlap": 1.5}, "merge_overlap"),
         ({"drift": "magic"}, "drift"),
         ({"size_weight": -0.1}, "size_weight"),
+        ({"tentative_cost": -1.0}, "tentative_cost"),
+        ({"confirm_hits": -1}, "confirm_hits"),
         ({"gate_nm": 50.0, "max_drift_nm": 10.0}, "max_drift_nm"),
     ],
 )

@@ -20,14 +20,20 @@ One frame, in order:
 4. gating in nm (a k-d tree, or brute force for small frames); the gated bipartite graph
    is cut into connected blocks: 1-to-1 and star blocks are solved vectorized, the others
    by ``scipy.optimize.linear_sum_assignment`` on small dense matrices. The cost adds the
-   squared normalized distance, a penalty per missed frame, the size change and, when
-   label images are given, 1 - IoU of the masks;
+   squared normalized distance, a penalty per missed frame, a penalty for tentative
+   tracks (seen fewer than ``confirm_hits`` frames: spurious blobs and fragments do not
+   take particles from established tracks), the size change against the track's smoothed
+   diameter (low-dose sizes jitter) and, when label images are given, 1 - IoU of the
+   masks;
 5. events: a track lost next to a detection that now covers it (mask overlap, or centres
    within the sum of the radii plus the particle's own recent motion), whose area is
    about the sum of the parts and which grew by part of the lost one's area, is a
    ``merge`` (the merge product gets a new id by default; a particle that was shrinking
    away is a ``vanish``, never a merge); a new detection budding off a track that shrank
-   is a ``split``; other new detections ``appear``; tracks missed for more than
+   is a ``split``; other new detections ``appear``. A track born touching a track that
+   shrank at that moment (a fragment: the segmentation cut one particle in two) that is
+   later seen as one particle with it again is not a merge: the older track keeps its id
+   and the fragment's track ends (``vanish``); tracks missed for more than
    ``max_gap_frames`` frames ``vanish`` (gap closing keeps them predicted until then; one
    last seen on the image border waits up to ``edge_gap_frames`` for a re-entry).
 
@@ -148,7 +154,14 @@ class TrackerConfig:
         Added cost per frame a track has been missed (counted up to 3 frames), so a track
         seen in the last frame wins a particle from a stale one.
     size_weight : float
-        Cost of a size change: ``size_weight * |ln(d_new / d_old)|`` (diameters).
+        Cost of a size change: ``size_weight * |ln(d_new / d_track)|``, with ``d_track``
+        the track's smoothed diameter (geometric running mean, halving weight per frame).
+    confirm_hits : int
+        A track linked in fewer than this many frames is tentative (a spurious blob or a
+        fragment of a particle may be behind it).
+    tentative_cost : float
+        Added to the cost of linking a tentative track, so an established track wins a
+        particle from a newborn one nearby.
     overlap_weight : float
         Cost of poor mask overlap, ``overlap_weight * (1 - IoU)``; used with label images.
     unmatched_cost : float
@@ -208,7 +221,7 @@ class TrackerConfig:
     edge_gap_frames: int = 50
     gate_growth_per_gap: float = 0.5
     gap_cost: float = 0.3
-    size_weight: float = 0.5
+    size_weight: float = 1.0
     overlap_weight: float = 0.5
     unmatched_cost: float = 1.0
     drift: Literal["auto", "image", "matches", "none"] = "auto"
@@ -226,6 +239,8 @@ class TrackerConfig:
     detect_merges: bool = True
     detect_splits: bool = True
     merge_new_id: bool = True
+    confirm_hits: int = 3
+    tentative_cost: float = 0.6
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -241,6 +256,7 @@ class TrackerConfig:
             "size_weight",
             "overlap_weight",
             "drift_change_nm_per_frame",
+            "tentative_cost",
         ):
             _non_negative(name, getattr(self, name))
         for name in (
@@ -248,6 +264,7 @@ class TrackerConfig:
             "edge_gap_frames",
             "min_drift_matches",
             "merge_confirm_frames",
+            "confirm_hits",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
@@ -579,6 +596,10 @@ class Tracker:
         self._P = np.zeros((0, d, d))
         self._pos = np.zeros((0, 2))  # last measured position, nm (drift-corrected)
         self._diam = np.zeros(0)  # last diameter, nm
+        # smoothed diameter (geometric running mean), nm: low-dose sizes jitter frame to
+        # frame, so the size cost compares with it rather than with the last value
+        self._dsm = np.zeros(0)
+        self._hits = np.zeros(0, dtype=np.int64)  # frames the track was linked
         self._area = np.zeros(0)  # last area, nm^2
         self._peak = np.zeros(0)  # largest area so far, nm^2
         self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
@@ -594,6 +615,8 @@ class Tracker:
         self._fate: list[str] = []
         self._merged_into: list[int] = []
         self._split_from: list[int] = []
+        # the track a track was born touching (a fragment of it, or a split child), -1
+        self._born_near: list[int] = []
         self._parents: dict[int, list[int]] = {}
         self._next_id = 0
         # history chunks (one per frame) for tracks_table / track_history
@@ -621,6 +644,7 @@ class Tracker:
         self._fate.extend([_FATE_ALIVE] * n)
         self._merged_into.extend([-1] * n)
         self._split_from.extend([-1] * n)
+        self._born_near.extend([-1] * n)
         return ids
 
     def _drop_tracks(self, keep: np.ndarray) -> None:
@@ -630,6 +654,8 @@ class Tracker:
             "_P",
             "_pos",
             "_diam",
+            "_dsm",
+            "_hits",
             "_area",
             "_peak",
             "_label",
@@ -673,6 +699,8 @@ class Tracker:
         self._P = np.concatenate([self._P, P])
         self._pos = np.concatenate([self._pos, pos])
         self._diam = np.concatenate([self._diam, diam])
+        self._dsm = np.concatenate([self._dsm, diam])
+        self._hits = np.concatenate([self._hits, np.ones(len(ids), dtype=np.int64)])
         self._area = np.concatenate([self._area, area])
         self._peak = np.concatenate([self._peak, area])
         self._label = np.concatenate([self._label, label])
@@ -894,6 +922,7 @@ class Tracker:
         matched = np.zeros(len(self._ids), dtype=bool)
         matched[m_t] = True
         ended = np.zeros(len(self._ids), dtype=bool)  # merged away this frame
+        self._swaps: list[tuple[int, int]] = []  # (row, row) links handed over by _rejoin
 
         if cfg.detect_merges and len(self._ids):
             self._find_merges(
@@ -914,6 +943,9 @@ class Tracker:
             )
         if cfg.detect_merges and len(self._ids) and cfg.merge_confirm_frames > 1:
             self._confirm_merges(frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events)
+        for old_row, new_row in self._swaps:
+            m_t = np.where(m_t == old_row, new_row, m_t)
+            matched[new_row] = True
         unmatched_det = np.flatnonzero(det_track < 0)
         child_of = np.full(n_det, -1, dtype=np.int64)
         if cfg.detect_splits and len(unmatched_det) and len(m_t):
@@ -927,9 +959,14 @@ class Tracker:
             det_is_new[unmatched_det] = True
             parents = child_of[unmatched_det]
             first_frame = frame_idx == self._first_frame
+            if cfg.detect_merges and not first_frame:
+                self._note_born_near(
+                    new_ids, unmatched_det, det, diam, area, det_track, det_is_new, m_t, m_d
+                )
             for tid, parent in zip(new_ids.tolist(), parents.tolist(), strict=True):
                 if parent >= 0:
                     self._split_from[tid] = parent
+                    self._born_near[tid] = parent
                     self._parents[tid] = [parent]
                     events.append((frame_idx, "split", f"{parent} {tid}", -1))
                 elif not first_frame:
@@ -961,6 +998,10 @@ class Tracker:
             self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
             self._pos[mt] = det[md]
             self._diam[mt] = diam[md]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                both = np.isfinite(np.log(self._dsm[mt])) & np.isfinite(np.log(diam[md]))
+                self._dsm[mt] = np.where(both, np.sqrt(self._dsm[mt] * diam[md]), diam[md])
+            self._hits[mt] += 1
             self._area[mt] = area[md]
             self._peak[mt] = np.fmax(self._peak[mt], area[md])
             self._label[mt] = det_label[md]
@@ -1071,9 +1112,13 @@ class Tracker:
         # so a stale track never wins a particle from the track that saw it last frame
         # (capped: a track back after a long absence is still a good link)
         cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * np.minimum(missed[ti], 3)
+        if cfg.tentative_cost:
+            # a track seen fewer than confirm_hits times may be a spurious blob or a
+            # fragment: an established track wins a particle from it
+            cost = cost + cfg.tentative_cost * (self._hits[ti] < cfg.confirm_hits)
         if cfg.size_weight:
             with np.errstate(divide="ignore", invalid="ignore"):  # zero / NaN sizes: no term
-                ratio = diam[dj] / self._diam[ti]
+                ratio = diam[dj] / self._dsm[ti]
             size = np.abs(np.log(np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)))
             # two views cut by the border say nothing about the particle's size
             size[self._edge[ti] & det_edge[dj]] = 0.0
@@ -1202,6 +1247,10 @@ class Tracker:
         cfg = self.config
         parts = list(np.atleast_1d(absorbed).tolist()) + ([survivor] if survivor >= 0 else [])
         part_ids = sorted(int(self._ids[p]) for p in parts)
+        roots = [p for p in parts if self._born_near[int(self._ids[p])] not in part_ids]
+        if survivor >= 0 and len(roots) == 1:
+            self._rejoin(parts, roots[0], survivor, j, frame_idx, det_track, ended, events)
+            return
         if cfg.merge_new_id or survivor < 0:
             (into,) = self._new_ids(1, frame_idx).tolist()
             self._parents[into] = part_ids
@@ -1217,6 +1266,47 @@ class Tracker:
                 self._merged_into[int(self._ids[p])] = into
         self._pend_into[parts] = -1
         events.append((event_frame, "merge", " ".join(map(str, part_ids)), into))
+
+    def _note_born_near(
+        self, new_ids, new_det, det, diam, area, det_track, det_is_new, m_t, m_d
+    ) -> None:
+        """Remember, for each newborn track, a linked track whose particle it touches
+        (centres within the sum of the radii) and which shrank as it was born: most likely
+        a fragment of that particle (over-segmentation at low dose), see :meth:`_rejoin`."""
+        row_of_det = np.full(len(det), -1, dtype=np.int64)
+        row_of_det[m_d] = m_t
+        old = np.flatnonzero((det_track >= 0) & ~det_is_new & (row_of_det >= 0))
+        old = old[area[old] <= self.config.split_shrink * self._area[row_of_det[old]]]
+        if len(old) == 0:
+            return
+        k = min(2, len(old))
+        dist, idx = cKDTree(det[old]).query(det[new_det], k=k)
+        dist = np.asarray(dist).reshape(len(new_det), k)
+        idx = np.asarray(idx).reshape(len(new_det), k)
+        reach = diam[new_det][:, None] / 2 + diam[old[idx]] / 2
+        near = dist <= reach
+        has = near.any(axis=1)
+        col = np.argmax(near, axis=1)  # nearest touching one
+        touched = det_track[old[idx[np.arange(len(new_det)), col]]]
+        for tid, t in zip(new_ids[has].tolist(), touched[has].tolist(), strict=True):
+            self._born_near[tid] = int(t)
+
+    def _rejoin(self, parts, root, survivor, j, frame_idx, det_track, ended, events) -> None:
+        """Tracks born touching ``root`` (fragments of one particle, split by the
+        segmentation) seen as one particle again: not a merge. ``root`` keeps its id and
+        takes detection ``j``; the fragment tracks end (vanish)."""
+        for p in parts:
+            if p == root:
+                continue
+            ended[p] = True
+            tid = int(self._ids[p])
+            self._fate[tid] = _FATE_VANISHED
+            events.append((frame_idx, "vanish", str(tid), -1))
+        self._pend_into[parts] = -1
+        if root != survivor:
+            # the survivor row was linked to j: hand the link to the root
+            self._swaps.append((survivor, root))
+            det_track[j] = self._ids[root]
 
     def _find_splits(
         self, unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
