@@ -302,9 +302,9 @@ def polygon_fit(support_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    support_px : ndarray of float, shape (n_particles, n_samples)
+    support_px : ndarray of float, shape (n_particles, 64)
         Support function ``h(theta)`` of each particle's convex hull about its
-        centroid, in px, at ``n_samples`` (even, >= 30) equally spaced angles over
+        centroid, in px, at the 64 angles ``k pi / 32`` (k = 0..63), i.e. over
         [0, 2 pi).
 
     Returns
@@ -352,7 +352,7 @@ def classify_shapes(support_px: np.ndarray, aspect_ratio: np.ndarray, solidity: 
 
     Parameters
     ----------
-    support_px : ndarray of float, shape (n_particles, n_samples)
+    support_px : ndarray of float, shape (n_particles, 64)
         Hull support function about the centroid (px), see :func:`polygon_fit`.
     aspect_ratio, solidity : ndarray of float
         Per-particle moment aspect ratio (>= 1) and solidity (area / hull area).
