@@ -388,6 +388,28 @@ def test_established_track_wins_over_a_newborn_one(tentative_cost, established_w
     assert (a.nunique() == 1) is established_wins
 
 
+@pytest.mark.parametrize(("confirm_hits", "merged"), [(3, False), (1, True)])
+def test_a_one_frame_blob_absorbed_by_a_particle_is_not_a_merge(confirm_hits, merged):
+    # A (10 nm) alone; in frame 6 a spurious blob S (4 nm) touches it, then A is seen with
+    # the summed area. S was never confirmed: A keeps its id, S's track just ends. With
+    # confirm_hits=1 (every birth confirmed) the same scene is a merge.
+    rows = [(f, 0, 40.0, 40.0, 10.0) for f in range(7)] + [(6, 1, 46.0, 40.0, 4.0)]
+    rows += [(f, 0, 40.5, 40.0, math.hypot(10.0, 4.0)) for f in range(7, 13)]
+    cfg = TrackerConfig(confirm_hits=confirm_hits)
+    out, events, _ = link_with_events(
+        scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5, config=cfg
+    )
+    assert_no_id_twice_per_frame(out)
+    a = out.loc[out["truth"] == 0, "track_id"]
+    kinds = events["kind"].tolist()
+    if merged:
+        assert kinds.count("merge") == 1 and a.nunique() == 2
+    else:
+        assert "merge" not in kinds and a.nunique() == 1
+        blob = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+        assert events.loc[events["kind"] == "vanish", "track_ids"].tolist() == [str(blob)]
+
+
 def test_link_does_not_modify_its_input_and_keeps_its_index():
     tab = merging_scene()
     tab.index = tab.index[::-1] + 100

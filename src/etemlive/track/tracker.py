@@ -30,10 +30,11 @@ One frame, in order:
    about the sum of the parts and which grew by part of the lost one's area, is a
    ``merge`` (the merge product gets a new id by default; a particle that was shrinking
    away is a ``vanish``, never a merge); a new detection budding off a track that shrank
-   is a ``split``; other new detections ``appear``. A track born touching a track that
-   shrank at that moment (a fragment: the segmentation cut one particle in two) that is
-   later seen as one particle with it again is not a merge: the older track keeps its id
-   and the fragment's track ends (``vanish``); tracks missed for more than
+   is a ``split``; other new detections ``appear``. A merge needs two established
+   parts: a tentative track (seen fewer than ``confirm_hits`` frames: a spurious blob),
+   or one born touching a track that shrank at that moment (a fragment: the segmentation
+   cut one particle in two), seen as one particle with another track is not a merge: the
+   established track keeps its id and the other track ends (``vanish``); tracks missed for more than
    ``max_gap_frames`` frames ``vanish`` (gap closing keeps them predicted until then; one
    last seen on the image border waits up to ``edge_gap_frames`` for a re-entry).
 
@@ -1247,9 +1248,18 @@ class Tracker:
         cfg = self.config
         parts = list(np.atleast_1d(absorbed).tolist()) + ([survivor] if survivor >= 0 else [])
         part_ids = sorted(int(self._ids[p]) for p in parts)
-        roots = [p for p in parts if self._born_near[int(self._ids[p])] not in part_ids]
-        if survivor >= 0 and len(roots) == 1:
-            self._rejoin(parts, roots[0], survivor, j, frame_idx, det_track, ended, events)
+        # the parts that are particles of their own: established tracks (a tentative one
+        # may be a spurious blob or a fragment) not born as a fragment of another part
+        roots = [
+            p
+            for p in parts
+            if self._hits[p] >= cfg.confirm_hits
+            and self._born_near[int(self._ids[p])] not in part_ids
+        ]
+        if survivor >= 0 and len(roots) <= 1:
+            # one particle seen as one again: no merge
+            root = roots[0] if roots else max(parts, key=lambda p: (self._hits[p], p == survivor))
+            self._rejoin(parts, root, survivor, j, frame_idx, det_track, ended, events)
             return
         if cfg.merge_new_id or survivor < 0:
             (into,) = self._new_ids(1, frame_idx).tolist()
