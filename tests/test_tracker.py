@@ -410,6 +410,15 @@ def test_a_one_frame_blob_absorbed_by_a_particle_is_not_a_merge(confirm_hits, me
         assert events.loc[events["kind"] == "vanish", "track_ids"].tolist() == [str(blob)]
 
 
+def test_a_particle_seen_once_too_small_is_still_followed():
+    # a moving 10 nm particle measured once at 4 nm (a fragment, low-dose noise): the
+    # whole particle afterwards is a jump in area but no merge follows, so after
+    # merge_confirm_frames the track takes it as the particle again and keeps following
+    rows = [(f, 0, 20.0 + 2 * f, 40.0, 4.0 if f == 5 else 10.0) for f in range(25)]
+    out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert out["track_id"].nunique() == 1
+
+
 def test_link_does_not_modify_its_input_and_keeps_its_index():
     tab = merging_scene()
     tab.index = tab.index[::-1] + 100

@@ -204,6 +204,8 @@ class TrackerConfig:
         A detection more than this many times the area of the track linked to it is taken
         as a blob (touching particles seen as one): the track keeps its own position and
         size instead of being updated with it.
+        For at most ``merge_confirm_frames`` frames in a row (unless a merge into it is
+        pending): a "blob" that lasts longer is the particle, last seen too small.
     vanish_fraction : float
         A lost particle whose last area is below this fraction of its largest area was
         shrinking away: its end is a vanish, never a merge, and it is given up after at
@@ -601,6 +603,7 @@ class Tracker:
         # frame, so the size cost compares with it rather than with the last value
         self._dsm = np.zeros(0)
         self._hits = np.zeros(0, dtype=np.int64)  # frames the track was linked
+        self._blob_run = np.zeros(0, dtype=np.int64)  # frames in a row linked to a blob
         self._area = np.zeros(0)  # last area, nm^2
         self._peak = np.zeros(0)  # largest area so far, nm^2
         self._label = np.zeros(0, dtype=np.int64)  # label in the last frame it was seen
@@ -657,6 +660,7 @@ class Tracker:
             "_diam",
             "_dsm",
             "_hits",
+            "_blob_run",
             "_area",
             "_peak",
             "_label",
@@ -702,6 +706,7 @@ class Tracker:
         self._diam = np.concatenate([self._diam, diam])
         self._dsm = np.concatenate([self._dsm, diam])
         self._hits = np.concatenate([self._hits, np.ones(len(ids), dtype=np.int64)])
+        self._blob_run = np.concatenate([self._blob_run, np.zeros(len(ids), dtype=np.int64)])
         self._area = np.concatenate([self._area, area])
         self._peak = np.concatenate([self._peak, area])
         self._label = np.concatenate([self._label, label])
@@ -983,6 +988,9 @@ class Tracker:
             & (area[m_d] > cfg.blob_area_ratio * self._area[m_t])
             & ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
             & ~self._edge[m_t]
+            # a "blob" lasting longer than a merge takes to confirm, with no merge, is the
+            # particle itself, last seen too small (a fragment; low-dose size noise)
+            & (self._blob_run[m_t] < max(cfg.merge_confirm_frames, 1))
         )
         pend = self._pend_into[self._pend_into >= 0]
         if len(pend):
@@ -992,6 +1000,8 @@ class Tracker:
             self._missed[m_t[blob]] = 0
             self._label[m_t[blob]] = det_label[m_d[blob]]
             keep_m &= ~blob
+        self._blob_run[m_t[blob]] += 1
+        self._blob_run[m_t[~blob]] = 0
         mt, md = m_t[keep_m], m_d[keep_m]
         if len(mt):
             self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], det[md])
