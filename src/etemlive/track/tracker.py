@@ -928,7 +928,8 @@ class Tracker:
         matched = np.zeros(len(self._ids), dtype=bool)
         matched[m_t] = True
         ended = np.zeros(len(self._ids), dtype=bool)  # merged away this frame
-        self._swaps: list[tuple[int, int]] = []  # (row, row) links handed over by _rejoin
+        # links handed over by _rejoin: (old row or -1, new row, detection)
+        self._swaps: list[tuple[int, int, int]] = []
 
         if cfg.detect_merges and len(self._ids):
             self._find_merges(
@@ -949,8 +950,11 @@ class Tracker:
             )
         if cfg.detect_merges and len(self._ids) and cfg.merge_confirm_frames > 1:
             self._confirm_merges(frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events)
-        for old_row, new_row in self._swaps:
-            m_t = np.where(m_t == old_row, new_row, m_t)
+        for old_row, new_row, j in self._swaps:
+            if old_row >= 0:
+                m_t = np.where(m_t == old_row, new_row, m_t)
+            else:
+                m_t, m_d = np.append(m_t, new_row), np.append(m_d, j)
             matched[new_row] = True
         unmatched_det = np.flatnonzero(det_track < 0)
         child_of = np.full(n_det, -1, dtype=np.int64)
@@ -1266,7 +1270,7 @@ class Tracker:
             if self._hits[p] >= cfg.confirm_hits
             and self._born_near[int(self._ids[p])] not in part_ids
         ]
-        if survivor >= 0 and len(roots) <= 1:
+        if len(roots) <= 1:
             # one particle seen as one again: no merge
             root = roots[0] if roots else max(parts, key=lambda p: (self._hits[p], p == survivor))
             self._rejoin(parts, root, survivor, j, frame_idx, det_track, ended, events)
@@ -1324,8 +1328,8 @@ class Tracker:
             events.append((frame_idx, "vanish", str(tid), -1))
         self._pend_into[parts] = -1
         if root != survivor:
-            # the survivor row was linked to j: hand the link to the root
-            self._swaps.append((survivor, root))
+            # the survivor row (-1: none) was linked to j: hand the link to the root
+            self._swaps.append((survivor, root, j))
             det_track[j] = self._ids[root]
 
     def _find_splits(
