@@ -320,8 +320,8 @@ class Pipeline:
             gaps=gaps,
             failed=self.failed,
             queued=queued,
-            fps_received=self._in_meter.rate(now),
-            fps_analysed=self._out_meter.rate(now),
+            fps_received=self._rate(received, self._in_meter, now),
+            fps_analysed=self._rate(self.analysed, self._out_meter, now),
             latency_p50_ms=_percentile(recent, 50),
             latency_p99_ms=_percentile(recent, 99),
             backend=str(getattr(self.segmenter, "name", "")),
@@ -330,6 +330,12 @@ class Pipeline:
             pixel_size_source=self._pixel_size_source,
             warnings=tuple(warnings),
         )
+
+    def _rate(self, count: int, meter: _RateMeter, now: float) -> float:
+        """Live: frames/s over the last seconds; once finished: over the whole run."""
+        if self._ended_s is not None and self._started_s is not None:
+            return count / max(self._ended_s - self._started_s, 1e-9)
+        return meter.rate(now)
 
     def status_line(self) -> str:
         """One line of live status for a terminal."""
