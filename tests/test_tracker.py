@@ -410,6 +410,14 @@ def test_a_one_frame_blob_absorbed_by_a_particle_is_not_a_merge(confirm_hits, me
         assert events.loc[events["kind"] == "vanish", "track_ids"].tolist() == [str(blob)]
 
 
+def test_a_young_track_alone_is_linked_as_easily_as_an_old_one():
+    # the tentative cost only decides contests: a newborn particle shrinking fast (size
+    # cost ln(10 / 2) = 1.6, below leaving both ends unlinked, 2) keeps its id
+    rows = [(0, 0, 40.0, 40.0, 10.0), (1, 0, 40.0, 40.0, 2.0), (2, 0, 40.0, 40.0, 2.0)]
+    out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert out["track_id"].nunique() == 1
+
+
 def test_a_particle_seen_once_too_small_is_still_followed():
     # a moving 10 nm particle measured once at 4 nm (a fragment, low-dose noise): the
     # whole particle afterwards is a jump in area but no merge follows, so after

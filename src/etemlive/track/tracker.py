@@ -161,8 +161,8 @@ class TrackerConfig:
         A track linked in fewer than this many frames is tentative (a spurious blob or a
         fragment of a particle may be behind it).
     tentative_cost : float
-        Added to the cost of linking a tentative track, so an established track wins a
-        particle from a newborn one nearby.
+        Added to the cost of linking a tentative track to a detection an established
+        track could also take, so the established track wins it from a newborn one.
     overlap_weight : float
         Cost of poor mask overlap, ``overlap_weight * (1 - IoU)``; used with label images.
     unmatched_cost : float
@@ -1129,8 +1129,11 @@ class Tracker:
         cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * np.minimum(missed[ti], 3)
         if cfg.tentative_cost:
             # a track seen fewer than confirm_hits times may be a spurious blob or a
-            # fragment: an established track wins a particle from it
-            cost = cost + cfg.tentative_cost * (self._hits[ti] < cfg.confirm_hits)
+            # fragment: an established track wins a particle from it (only where one
+            # competes, so a young track alone is linked as easily as any other)
+            tentative = self._hits[ti] < cfg.confirm_hits
+            contested = np.bincount(dj[~tentative], minlength=len(det)) > 0
+            cost = cost + cfg.tentative_cost * (tentative & contested[dj])
         if cfg.size_weight:
             with np.errstate(divide="ignore", invalid="ignore"):  # zero / NaN sizes: no term
                 ratio = diam[dj] / self._dsm[ti]
