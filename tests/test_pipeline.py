@@ -204,3 +204,17 @@ def test_restarted_stream_is_renumbered_and_tracked_on(tmp_path):
     table = pd.read_csv(tmp_path / "frames.csv")
     assert table["frame"].tolist() == list(range(6))
     assert np.all(np.diff(table["time_s"].to_numpy()) > 0)
+
+
+def test_frame_history_snapshots_are_stable_views():
+    from etemlive.pipeline import _FrameHistory
+
+    history = _FrameHistory(("frame", "count"), capacity=2)
+    history.append({"frame": 0, "count": 5})
+    first = history.table()
+    for i in range(1, 10):  # grows past its capacity twice
+        history.append({"frame": i, "count": 5 + i})
+    assert first["count"].tolist() == [5.0]  # an earlier snapshot does not change
+    table = history.table()
+    assert table["frame"].tolist() == list(range(10))
+    assert table["count"].tolist() == [5.0 + i for i in range(10)]

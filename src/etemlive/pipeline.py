@@ -31,7 +31,7 @@ from . import __version__
 from .errors import EtemliveError, InputError
 from .frames import Frame, FrameSource, validate_pixel_size_nm
 from .measure import measure_particles
-from .record import EVENT_COLUMNS, Recorder
+from .record import EVENT_COLUMNS, FRAME_COLUMNS, Recorder
 from .segment import Segmenter
 from .snapshot import PipelineSnapshot, PipelineStats
 
@@ -78,6 +78,31 @@ class _RateMeter:
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self.window_s:
             self._times.popleft()
+
+
+class _FrameHistory:
+    """frames.csv rows kept for display in growable column arrays.
+
+    Rows are only appended, so a snapshot shares the filled part of the arrays
+    (views, no copy): building a snapshot costs O(1), not O(frames so far), which
+    matters in a run of hours. Growing reallocates; earlier views stay valid.
+    """
+
+    def __init__(self, columns: tuple[str, ...], capacity: int = 1024) -> None:
+        self._columns = columns
+        self._data = {c: np.empty(capacity, dtype=float) for c in columns}
+        self._n = 0
+
+    def append(self, row: dict[str, float]) -> None:
+        if self._n == len(self._data[self._columns[0]]):
+            self._data = {c: np.concatenate([a, np.empty_like(a)]) for c, a in self._data.items()}
+        for column in self._columns:
+            self._data[column][self._n] = row[column]
+        self._n += 1
+
+    def table(self) -> pd.DataFrame:
+        """The rows so far as a DataFrame over views of the arrays (read-only use)."""
+        return pd.DataFrame({c: a[: self._n] for c, a in self._data.items()}, copy=False)
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -196,8 +221,7 @@ class Pipeline:
         self._in_meter = _RateMeter()
         self._out_meter = _RateMeter()
         self._stage_ms = {"segment": 0.0, "measure": 0.0, "track": 0.0, "write": 0.0}
-        self._history: dict[str, list[float]] = {c: [] for c in (
-            "frame", "time_s", "count", "mean_diameter_nm", "std_diameter_nm", "latency_ms")}
+        self._history = _FrameHistory(FRAME_COLUMNS)
         self._events: deque[dict[str, Any]] = deque(maxlen=_EVENTS_KEPT)
         self._started_s: float | None = None
         self._ended_s: float | None = None
@@ -559,8 +583,7 @@ class Pipeline:
         self._stage_ms["measure"] += result.measure_ms
         self._stage_ms["track"] += (t1 - t0) * 1e3
         self._stage_ms["write"] += (t2 - t1) * 1e3
-        for key, value in frame_row.items():
-            self._history[key].append(float(value))
+        self._history.append(frame_row)
         if events is not None and len(events):
             self._events.extend(events.to_dict("records"))
         self._image_shape = result.labels.shape
@@ -612,7 +635,7 @@ class Pipeline:
             display_scale=step,
             labels=small_labels,
             particles=particles.copy(),
-            history=pd.DataFrame(self._history),
+            history=self._history.table(),
             events=pd.DataFrame(list(self._events), columns=list(EVENT_COLUMNS)),
             tracks={},
             stats=self.stats(),
