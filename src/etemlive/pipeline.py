@@ -497,7 +497,8 @@ class Pipeline:
             image = frame.image
             if image.ndim != 2:
                 raise InputError(f"frame {frame.index}: expected a 2-D image, got shape {image.shape}")
-            if image.dtype.kind == "f" and not np.isfinite(image).all():
+            # One float64 sum instead of a frame-sized bool mask: NaN and inf propagate.
+            if image.dtype.kind == "f" and not np.isfinite(image.sum(dtype=np.float64)):
                 raise InputError(f"frame {frame.index}: image contains NaN or inf")
             pixel_size_nm = self._pixel_size_nm or 1.0
             labels = self.segmenter.segment(image, pixel_size_nm)
