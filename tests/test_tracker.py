@@ -705,3 +705,105 @@ def test_real_liquid_cell_trajectories(shared_data):
     s = mot_metrics(out, table, radius_px=0.5)
     assert s.idf1 >= 0.93, s
     assert s.mota >= 0.98, s
+
+
+# ------------------------------------------------------------------ bounded history
+def full_history_tracks(rows: pd.DataFrame, time_unit: str) -> pd.DataFrame:
+    """The per-track numbers of tracks.csv from every tracked row, computed the way the
+    tracker did when it kept the whole history (independent reference)."""
+    h = rows[rows["track_id"] >= 0].sort_values(["track_id", "frame"], kind="stable")
+    out = []
+    for tid, g in h.groupby("track_id", sort=True):
+        t = (g["time_s"] if time_unit == "s" else g["frame"]).to_numpy(dtype=float)
+        d = g["diameter_nm"].to_numpy(dtype=float)
+        sel = np.arange(len(g))
+        if len(sel) > 200:
+            sel = sel[np.linspace(0, len(sel) - 1, 200).astype(int)]
+        out.append(
+            {
+                "track_id": tid,
+                "first_frame": g["frame"].iloc[0],
+                "last_frame": g["frame"].iloc[-1],
+                "n_frames": len(g),
+                "diameter_start_nm": d[0],
+                "diameter_end_nm": d[-1],
+                "growth_rate_nm_per_s": theil_sen_slope(t[sel], d[sel]) if len(g) > 1 else np.nan,
+                "diameter_min_nm": np.nanmin(d),
+                "diameter_max_nm": np.nanmax(d),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def vanish_and_merge_scene() -> pd.DataFrame:
+    """The merging scene plus a particle growing 0.3 nm per frame (one outlier frame), one
+    shrinking away to a vanish at frame 6 and one seen only in frames 2..4."""
+    rows = list(merging_scene().itertuples(index=False, name=None))
+    rows = [(r[0], r[8], r[4], r[5], r[6]) for r in rows]
+    for f in range(14):
+        rows.append((f, 4, 90.0, 90.0, 6.0 + 0.3 * f + (4.0 if f == 5 else 0.0)))
+        if f < 6:
+            rows.append((f, 5, 10.0, 90.0, 6.0 - f))
+        if 2 <= f <= 4:
+            rows.append((f, 6, 90.0, 20.0, 7.0))
+    return scene(rows).sort_values("frame", kind="stable")
+
+
+@pytest.mark.parametrize("interval", [0.5, None])
+def test_tracks_table_equals_the_full_history_computation(interval):
+    tab = vanish_and_merge_scene()
+    tr = Tracker(AT_ONCE, pixel_size_nm=PX_NM, frame_interval_s=interval)
+    seen, kinds = [], set()
+    for _, g in tab.groupby("frame"):
+        step = tr.update(g)
+        seen.append(step.particles)
+        kinds |= set(step.events["kind"])
+        got = tr.tracks_table()  # called every frame, as tracks end one by one
+        expected = full_history_tracks(pd.concat(seen), tr.time_unit)
+        assert list(got.columns) == list(TRACK_COLUMNS)
+        pd.testing.assert_frame_equal(
+            got[list(expected.columns)], expected.astype(got[expected.columns].dtypes)
+        )
+    tr.finish()
+    got = tr.tracks_table().set_index("track_id")
+    assert {"merge", "vanish"} <= kinds
+    assert set(got["fate"]) == {"alive", "merged", "vanished"}
+    merged = got[got["fate"] == "merged"]
+    assert len(merged) == 2 and (merged["merged_into"] >= 0).all()
+    into = int(merged["merged_into"].iloc[0])
+    assert got.loc[into, "parent_ids"] == " ".join(map(str, merged.index))
+    # the ended tracks' per-frame rows were released; their curves are kept compact
+    assert tr._n_rows == int(got.loc[got["fate"] == "alive", "n_frames"].sum())
+    for tid in merged.index:
+        hist = tr.track_history(int(tid))
+        assert hist["frame"].tolist() == list(range(8))
+        assert np.allclose(hist["diameter_nm"], 10.0)
+
+
+def test_ended_tracks_rows_are_released_while_ids_churn():
+    # 20 particles at a time, each seen 5 frames and gone, replaced elsewhere: over 300
+    # frames 1200 tracks end, but only the alive tracks' rows are kept
+    rows = []
+    for f in range(300):
+        gen = f // 5
+        for i in range(20):
+            rows.append((f, gen * 20 + i, 30.0 * i, 50.0 + 200 * (gen % 3), 5.0))
+    tab = scene(rows)
+    tr = Tracker(TrackerConfig(max_gap_frames=1), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    buffered = []
+    for f, g in tab.groupby("frame"):
+        tr.update(g)
+        if f % 10 == 9:
+            tracks = tr.tracks_table()
+            buffered.append(tr._n_rows)
+    # alive tracks: at most 2 generations of 20 (5 frames + the gap frame each)
+    assert max(buffered) <= 2 * 20 * 5
+    assert len(tracks) == 1200 and tracks["track_id"].is_unique
+    assert (tracks["n_frames"] == 5).all()
+    assert (tracks.loc[tracks["fate"] != "alive", "n_frames"] == 5).all()
+    assert tracks["growth_rate_nm_per_s"].eq(0.0).all()
+    ended = tracks.loc[tracks["fate"] == "vanished", "track_id"].iloc[0]
+    assert tr.track_history(int(ended))["frame"].tolist() == list(range(5))
+    for f in range(300, 303):  # all gone: empty frames release the last rows too
+        tr.update(tab.iloc[:0], frame=f)
+    assert (tr.tracks_table()["fate"] == "vanished").all() and tr._n_rows == 0

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -98,6 +99,32 @@ TRACK_COLUMNS: dict[str, str] = {
 }
 
 _FATE_ALIVE, _FATE_VANISHED, _FATE_MERGED = "alive", "vanished", "merged"
+#: per-frame history columns, as the chunks appended by :meth:`Tracker.update` hold them
+_HIST_COLUMNS: dict[str, str] = {
+    "frame": "int64",
+    "track_id": "int64",
+    "time_s": "float64",
+    "diameter_nm": "float64",
+    "x_px": "float64",
+    "y_px": "float64",
+}
+#: per-track summary columns computed from the history (the rest of tracks.csv is looked
+#: up by id when the table is built: fate, merged_into, parent_ids, split_from)
+_SUMMARY_COLUMNS = (
+    "track_id",
+    "first_frame",
+    "last_frame",
+    "n_frames",
+    "diameter_start_nm",
+    "diameter_end_nm",
+    "growth_rate_nm_per_s",
+    "diameter_min_nm",
+    "diameter_max_nm",
+)
+#: an ended track's growth curve is kept (float32) for its last this many frames ...
+_CURVE_POINTS = 2000
+#: ... and the curves of the most recently ended tracks, up to this many points in all
+_CURVE_BUDGET = 500_000
 _DRIFT_MODES = ("auto", "image", "matches", "none")
 
 
@@ -623,9 +650,22 @@ class Tracker:
         self._born_near: list[int] = []
         self._parents: dict[int, list[int]] = {}
         self._next_id = 0
-        # history chunks (one per frame) for tracks_table / track_history
+        # History for tracks_table / track_history, kept bounded in a long live run:
+        # update() appends one chunk per frame to _hist; _absorb() moves the chunks into
+        # columnar buffers (_rows, the first _n_rows rows used, in frame order) holding the
+        # rows of alive tracks only. A track that ended (dropped from the live arrays) is
+        # summarised once into _done (its tracks.csv numbers), its growth curve is kept
+        # compact in _curves (float32, capped) and its rows are released.
         self._hist: list[tuple[np.ndarray, ...]] = []
-        self._hist_df: pd.DataFrame | None = None
+        self._rows = {c: np.zeros(0, dtype=t) for c, t in _HIST_COLUMNS.items()}
+        self._n_rows = 0
+        # (frame dropped at, ids) of ended tracks whose rows are not yet summarised
+        self._ended: list[tuple[int, np.ndarray]] = []
+        self._hist_frame = -1  # the last frame whose chunk is in _hist
+        self._done_parts: list[dict[str, np.ndarray]] = []
+        self._done: dict[str, np.ndarray] | None = None
+        self._curves: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._curve_points = 0
         self._lock = threading.Lock()
         self._drift = np.zeros(2)
         self._drift_vel = np.zeros(2)  # nm per frame
@@ -652,6 +692,11 @@ class Tracker:
         return ids
 
     def _drop_tracks(self, keep: np.ndarray) -> None:
+        gone = self._ids[~keep]
+        if len(gone):
+            # ended at this frame: no rows of theirs after it (ids are never reused)
+            with self._lock:
+                self._ended.append((int(self._last_frame), gone.copy()))
         for name in (
             "_ids",
             "_x",
@@ -1052,6 +1097,7 @@ class Tracker:
                     xy[rows, 1],
                 )
             )
+            self._hist_frame = frame_idx
         if use_labels:
             self._prev_labels = np.asarray(labels)
             self._prev_labels_frame = frame_idx
@@ -1382,45 +1428,137 @@ class Tracker:
             self._finished = True
         return _events_frame(events)
 
-    def _history(self) -> pd.DataFrame:
-        with self._lock:
-            if self._hist:
-                parts = [np.concatenate(c) for c in zip(*self._hist, strict=True)]
-                new = pd.DataFrame(
-                    dict(
-                        zip(
-                            ("frame", "track_id", "time_s", "diameter_nm", "x_px", "y_px"),
-                            parts,
-                            strict=True,
-                        )
-                    )
-                )
-                self._hist = []
-                self._hist_df = (
-                    new
-                    if self._hist_df is None
-                    else pd.concat([self._hist_df, new], ignore_index=True)
-                )
-            if self._hist_df is None:
-                self._hist_df = pd.DataFrame(
-                    {
-                        "frame": pd.Series(dtype="int64"),
-                        "track_id": pd.Series(dtype="int64"),
-                        "time_s": pd.Series(dtype="float64"),
-                        "diameter_nm": pd.Series(dtype="float64"),
-                        "x_px": pd.Series(dtype="float64"),
-                        "y_px": pd.Series(dtype="float64"),
-                    }
-                )
-            return self._hist_df
+    def _absorb(self) -> None:
+        """Move the new history chunks into the row buffers, then summarise and release
+        the tracks that ended (call with ``self._lock`` held). O(new rows), plus one pass
+        over the alive tracks' rows when some tracks ended."""
+        if self._hist:
+            chunks = self._hist
+            self._hist = []
+            new = [np.concatenate(c) for c in zip(*chunks, strict=True)]
+            keep = new[1] >= 0
+            n_new = int(keep.sum())
+            need = self._n_rows + n_new
+            cap = len(self._rows["frame"])
+            if need > cap:  # grow by doubling: amortized O(1) per row
+                cap = max(need, 2 * cap, 1024)
+                for c, t in _HIST_COLUMNS.items():
+                    buf = np.empty(cap, dtype=t)
+                    buf[: self._n_rows] = self._rows[c][: self._n_rows]
+                    self._rows[c] = buf
+            for c, col in zip(_HIST_COLUMNS, new, strict=True):
+                self._rows[c][self._n_rows : need] = col[keep]
+            self._n_rows = need
+        if not self._ended:
+            return
+        # tracks dropped at a frame whose chunk is absorbed are complete (a concurrent
+        # reader may come between the drop and the chunk of the same frame)
+        n = self._n_rows
+        ready = [ids for f, ids in self._ended if f <= self._hist_frame]
+        self._ended = [(f, ids) for f, ids in self._ended if f > self._hist_frame]
+        if not ready:
+            return
+        ended_ids = np.concatenate(ready)
+        tid = self._rows["track_id"][:n]
+        gone = np.isin(tid, ended_ids)
+        if gone.any():
+            rows = {c: v[:n][gone] for c, v in self._rows.items()}
+            summary = self._summarise(rows)
+            self._done_parts.append(summary)
+            self._keep_curves(rows)
+            for v in self._rows.values():
+                kept = v[:n][~gone]
+                v[: len(kept)] = kept
+            self._n_rows = int((~gone).sum())
+
+    def _keep_curves(self, rows: dict[str, np.ndarray]) -> None:
+        """Compact float32 growth curves (last :data:`_CURVE_POINTS` frames) of ended tracks,
+        the most recent ones up to :data:`_CURVE_BUDGET` points in all."""
+        tid = rows["track_id"]
+        order = np.argsort(tid, kind="stable")
+        stacked = np.stack(
+            [rows[c][order] for c in ("frame", "time_s", "diameter_nm", "x_px", "y_px")], axis=1
+        ).astype(np.float32)
+        tid = tid[order]
+        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        ends = np.r_[starts[1:], len(tid)]
+        # a loop over the tracks that ended since the last call (a few), not over rows
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            curve = stacked[max(a, b - _CURVE_POINTS) : b].copy()
+            self._curves[int(tid[a])] = curve
+            self._curve_points += len(curve)
+        while self._curve_points > _CURVE_BUDGET and self._curves:
+            _, old = self._curves.popitem(last=False)
+            self._curve_points -= len(old)
+
+    def _summarise(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-track numbers of tracks.csv (:data:`_SUMMARY_COLUMNS`) from history rows
+        in frame order."""
+        tid = rows["track_id"]
+        # rows are in frame order, so a stable sort by id is the (id, frame) order
+        order = np.argsort(tid, kind="stable")
+        tid = tid[order]
+        t = (
+            rows["time_s"][order].astype(float)
+            if self.time_unit == "s"
+            else rows["frame"][order].astype(float)
+        )
+        d = rows["diameter_nm"][order].astype(float)
+        f = rows["frame"][order]
+        if len(tid) == 0:
+            return {c: np.zeros(0, dtype=TRACK_COLUMNS[c]) for c in _SUMMARY_COLUMNS}
+        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        ends = np.r_[starts[1:], len(tid)]
+        rate = np.full(len(starts), np.nan)
+        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if b - a < 2:
+                continue
+            sel = np.arange(a, b)
+            if len(sel) > 200:  # Theil-Sen is O(n^2): thin long tracks evenly
+                sel = sel[np.linspace(0, len(sel) - 1, 200).astype(int)]
+            rate[k] = theil_sen_slope(t[sel], d[sel])
+        return {
+            "track_id": tid[starts],
+            "first_frame": f[starts],
+            "last_frame": f[ends - 1],
+            "n_frames": (ends - starts).astype(np.int64),
+            "diameter_start_nm": d[starts],
+            "diameter_end_nm": d[ends - 1],
+            "growth_rate_nm_per_s": rate,
+            "diameter_min_nm": np.fmin.reduceat(d, starts),
+            "diameter_max_nm": np.fmax.reduceat(d, starts),
+        }
+
+    def _alive_rows(self) -> dict[str, np.ndarray]:
+        """Copies of the buffered rows (tracks not yet ended); call with the lock held."""
+        return {c: v[: self._n_rows].copy() for c, v in self._rows.items()}
 
     def track_history(self, track_id: int) -> pd.DataFrame:
         """One track's rows: ``frame``, ``time_s``, ``diameter_nm``, ``x_px``, ``y_px``
-        (a growth curve). Thread-safe; empty for an unknown id."""
-        h = self._history()
-        return h.loc[
-            h["track_id"] == int(track_id), ["frame", "time_s", "diameter_nm", "x_px", "y_px"]
-        ].reset_index(drop=True)
+        (a growth curve). Thread-safe; empty for an unknown id.
+
+        The whole curve of a track still alive. A track that ended (vanished, merged)
+        keeps its last 2000 frames in float32 (~7 significant digits), for the most
+        recently ended tracks up to 500 000 points in all (bounded memory in a long live
+        run); older ended tracks give an empty table.
+        """
+        tid = int(track_id)
+        with self._lock:
+            self._absorb()
+            n = self._n_rows
+            sel = self._rows["track_id"][:n] == tid
+            if sel.any():
+                out = {c: self._rows[c][:n][sel] for c in _HIST_COLUMNS if c != "track_id"}
+            elif tid in self._curves:
+                curve = self._curves[tid].astype(np.float64)
+                out = {
+                    c: curve[:, k]
+                    for k, c in enumerate(("frame", "time_s", "diameter_nm", "x_px", "y_px"))
+                }
+                out["frame"] = out["frame"].astype(np.int64)
+            else:
+                out = {c: np.zeros(0, dtype=t) for c, t in _HIST_COLUMNS.items() if c != "track_id"}
+        return pd.DataFrame(out)
 
     def drift_table(self) -> pd.DataFrame:
         """drift.csv: ``frame``, ``dx_nm``, ``dy_nm`` (cumulative drift removed)."""
@@ -1432,49 +1570,35 @@ class Tracker:
         """tracks.csv: one row per track (see :data:`TRACK_COLUMNS`).
 
         ``growth_rate_nm_per_s`` is the Theil-Sen slope of diameter against time (nm per
-        frame when ``time_unit == "frame"``; NaN for a single-frame track).
+        frame when ``time_unit == "frame"``; NaN for a single-frame track). The numbers
+        of an ended track are computed once, when it ends; each call recomputes only
+        those of the alive tracks.
         """
-        h = self._history()
-        h = h[h["track_id"] >= 0]
-        if len(h) == 0:
+        with self._lock:
+            self._absorb()
+            rows = self._alive_rows()
+            if self._done_parts:
+                parts = ([self._done] if self._done is not None else []) + self._done_parts
+                self._done = {c: np.concatenate([p[c] for p in parts]) for c in _SUMMARY_COLUMNS}
+                self._done_parts = []
+            done = self._done
+        alive = self._summarise(rows)
+        if done is not None:
+            alive = {c: np.concatenate([done[c], alive[c]]) for c in _SUMMARY_COLUMNS}
+        if len(alive["track_id"]) == 0:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACK_COLUMNS.items()})
-        h = h.sort_values(["track_id", "frame"], kind="stable")
-        tid = h["track_id"].to_numpy()
-        t = (
-            h["time_s"].to_numpy(dtype=float)
-            if self.time_unit == "s"
-            else h["frame"].to_numpy(dtype=float)
-        )
-        d = h["diameter_nm"].to_numpy(dtype=float)
-        f = h["frame"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
-        ends = np.r_[starts[1:], len(tid)]
-        ids = tid[starts]
-        rate = np.full(len(ids), np.nan)
-        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            if b - a < 2:
-                continue
-            sel = np.arange(a, b)
-            if len(sel) > 200:  # Theil-Sen is O(n^2): thin long tracks evenly
-                sel = sel[np.linspace(0, len(sel) - 1, 200).astype(int)]
-            rate[k] = theil_sen_slope(t[sel], d[sel])
-        dmin = np.fmin.reduceat(d, starts)
-        dmax = np.fmax.reduceat(d, starts)
+        order = np.argsort(alive["track_id"], kind="stable")
+        cols = {c: v[order] for c, v in alive.items()}
+        ids = cols["track_id"].tolist()
         table = pd.DataFrame(
             {
-                "track_id": ids,
-                "first_frame": f[starts],
-                "last_frame": f[ends - 1],
-                "n_frames": ends - starts,
-                "diameter_start_nm": d[starts],
-                "diameter_end_nm": d[ends - 1],
-                "growth_rate_nm_per_s": rate,
-                "fate": [self._fate[i] for i in ids.tolist()],
-                "diameter_min_nm": dmin,
-                "diameter_max_nm": dmax,
-                "merged_into": [self._merged_into[i] for i in ids.tolist()],
-                "parent_ids": [" ".join(map(str, self._parents.get(i, []))) for i in ids.tolist()],
-                "split_from": [self._split_from[i] for i in ids.tolist()],
+                **{c: cols[c] for c in _SUMMARY_COLUMNS[:7]},
+                "fate": [self._fate[i] for i in ids],
+                "diameter_min_nm": cols["diameter_min_nm"],
+                "diameter_max_nm": cols["diameter_max_nm"],
+                "merged_into": [self._merged_into[i] for i in ids],
+                "parent_ids": [" ".join(map(str, self._parents.get(i, []))) for i in ids],
+                "split_from": [self._split_from[i] for i in ids],
             }
         )
         return table.astype(TRACK_COLUMNS)
