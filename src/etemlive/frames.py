@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, InputError
 
 #: dtypes a frame image may have; anything else is converted or rejected by the source.
 FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -72,6 +72,22 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def _positive_finite(value: object, *, what: str, unit: str, error: type[Exception]) -> float:
+    """``value`` as a float > 0 and finite, or ``error`` with one readable line."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise error(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise error(f"{what} must be positive and finite, got {number!r} {unit}")
+    return number
+
+
+def validate_frame_interval_s(frame_interval_s: float) -> float:
+    """Return ``frame_interval_s`` (s) as a float > 0, or raise :class:`InputError`."""
+    return _positive_finite(frame_interval_s, what="frame interval", unit="s", error=InputError)
+
+
 def validate_pixel_size_nm(pixel_size_nm: float | None, *, what: str = "pixel size") -> float:
     """Return ``pixel_size_nm`` as a float, or raise :class:`CalibrationError`.
 
@@ -86,10 +102,4 @@ def validate_pixel_size_nm(pixel_size_nm: float | None, *, what: str = "pixel si
         raise CalibrationError(
             f"no {what} known: pass --pixel-size-nm X (nm per pixel)"
         )
-    try:
-        value = float(pixel_size_nm)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{what} must be a number, got {pixel_size_nm!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise CalibrationError(f"{what} must be positive and finite, got {value!r} nm/px")
-    return value
+    return _positive_finite(pixel_size_nm, what=what, unit="nm/px", error=CalibrationError)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..frames import FRAME_DTYPES, Frame, validate_pixel_size_nm
+from ..frames import FRAME_DTYPES, Frame, validate_frame_interval_s, validate_pixel_size_nm
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -311,7 +311,7 @@ class MovieReader:
         self._meta_frame_interval_s: float | None = None
         # Validate the caller's values before touching the file.
         user_px = None if pixel_size_nm is None else validate_pixel_size_nm(pixel_size_nm)
-        user_dt = None if frame_interval_s is None else _validate_interval(frame_interval_s)
+        user_dt = None if frame_interval_s is None else validate_frame_interval_s(frame_interval_s)
         try:
             self._open()
             if self.n_frames <= 0:
@@ -482,16 +482,6 @@ class MovieReader:
             f"{self.dtype} pixel_size_nm={self.pixel_size_nm} ({self.pixel_size_source}) "
             f"frame_interval_s={self.frame_interval_s}>"
         )
-
-
-def _validate_interval(frame_interval_s: float) -> float:
-    try:
-        value = float(frame_interval_s)
-    except (TypeError, ValueError):
-        raise InputError(f"frame interval must be a number, got {frame_interval_s!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"frame interval must be positive and finite, got {value!r} s")
-    return value
 
 
 # ----------------------------------------------------------------------------- TIFF
@@ -1393,7 +1383,7 @@ def open_movie(
     if pixel_size_nm is not None:
         validate_pixel_size_nm(pixel_size_nm)
     if frame_interval_s is not None:
-        _validate_interval(frame_interval_s)
+        validate_frame_interval_s(frame_interval_s)
     p = Path(path)
     if not p.exists():
         raise InputError(f"movie not found: {p}")
