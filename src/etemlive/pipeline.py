@@ -102,7 +102,9 @@ class _FrameHistory:
 
     def table(self) -> pd.DataFrame:
         """The rows so far as a DataFrame over views of the arrays (read-only use)."""
-        return pd.DataFrame({c: a[: self._n] for c, a in self._data.items()}, copy=False)
+        # Read the row count once: the frame loop may append while a reader builds this.
+        n, data = self._n, self._data
+        return pd.DataFrame({c: a[:n] for c, a in data.items()}, copy=False)
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -205,9 +207,15 @@ class Pipeline:
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._lock = threading.Lock()  # guards tracker reads from other threads
-        self._snapshot: PipelineSnapshot | None = None
-        self._snapshot_built_s = 0.0
-        self._unpublished: tuple[Frame, np.ndarray, pd.DataFrame, float] | None = None
+        # The newest analysed frame, kept by reference only: readers build (and cache)
+        # the display snapshot on their own thread, so the frame loop pays nothing.
+        self._display_state: tuple[Frame, np.ndarray, pd.DataFrame, float] | None = None
+        self._snapshot: PipelineSnapshot | None = None  # built from _display_state, cached
+        self._snapshot_state: tuple | None = None  # the state _snapshot was built from
+        self._snapshot_lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._events_total = 0
+        self._events_table: tuple[int, pd.DataFrame] | None = None
         self._warnings: list[str] = []
 
         # Counters of frames this pipeline saw; live sources add their own
@@ -258,11 +266,16 @@ class Pipeline:
         return self._finished.wait(timeout)
 
     def latest_snapshot(self) -> PipelineSnapshot | None:
-        """The newest snapshot (None before the first frame); never blocks the run."""
-        snapshot = self._snapshot
+        """The newest snapshot (None before the first frame); never blocks the run.
+
+        Built on the caller's thread from references the frame loop left (the frame's
+        display copy once per frame; the history as views), so its cost is the reader's.
+        The particle table and arrays are shared: treat them as read-only.
+        """
+        snapshot = self._display_snapshot()
         if snapshot is None:
             return None
-        # Stats are refreshed on read so a stalled stream still shows live numbers.
+        # Stats, history and events are read now, so a stalled stream still shows live numbers.
         return PipelineSnapshot(
             frame_index=snapshot.frame_index,
             time_s=snapshot.time_s,
@@ -270,9 +283,9 @@ class Pipeline:
             display_scale=snapshot.display_scale,
             labels=snapshot.labels,
             particles=snapshot.particles,
-            history=snapshot.history,
-            events=snapshot.events,
-            tracks=snapshot.tracks,
+            history=self._history.table(),
+            events=self._events_frame(),
+            tracks={},
             stats=self.stats(),
             time_unit=snapshot.time_unit,
             live_fit=self.live_fit,
@@ -403,8 +416,6 @@ class Pipeline:
                         break
                 while pending:
                     self._consume(pending.popleft().result())
-            if self._unpublished is not None:  # the last frame is always shown
-                self._publish(*self._unpublished, force=True)
             self._finish_tracks()
             self._stop_live_analysis()
         finally:
@@ -586,7 +597,9 @@ class Pipeline:
         self._stage_ms["write"] += (t2 - t1) * 1e3
         self._history.append(frame_row)
         if events is not None and len(events):
-            self._events.extend(events.to_dict("records"))
+            with self._events_lock:  # readers copy the deque under the same lock
+                self._events.extend(events.to_dict("records"))
+                self._events_total += len(events)
         self._image_shape = result.labels.shape
         self._last_count = int(len(particles))
         self._last_mean_nm = mean_nm
@@ -597,7 +610,7 @@ class Pipeline:
             except queue.Full:  # analysis thread far behind: skip, never block the frames
                 pass
         if self.publish_snapshots:
-            self._publish(frame, result.labels, particles, time_s)
+            self._display_state = (frame, result.labels, particles, time_s)
 
     def _live_loop(self) -> None:
         """Feed the live analysis on its own thread; refits never delay frames."""
@@ -618,31 +631,38 @@ class Pipeline:
             self._live_queue.put(None)
             self._live_thread.join(timeout=30)
 
-    def _publish(self, frame: Frame, labels: np.ndarray, particles: pd.DataFrame,
-                 time_s: float, *, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self._snapshot_built_s < 1 / 30:  # a display never needs more
-            self._unpublished = (frame, labels, particles, time_s)
-            return
-        self._unpublished = None
-        self._snapshot_built_s = now
-        step = max(1, math.ceil(max(frame.image.shape) / self.display_max_px))
-        image = np.ascontiguousarray(frame.image[::step, ::step])
-        small_labels = np.ascontiguousarray(labels[::step, ::step])
-        self._snapshot = PipelineSnapshot(
-            frame_index=frame.index,
-            time_s=time_s,
-            image=image,
-            display_scale=step,
-            labels=small_labels,
-            particles=particles.copy(),
-            history=self._history.table(),
-            events=pd.DataFrame(list(self._events), columns=list(EVENT_COLUMNS)),
-            tracks={},
-            stats=self.stats(),
-            time_unit=self.time_unit,
-            live_fit=self.live_fit,
-        )
+    def _display_snapshot(self) -> PipelineSnapshot | None:
+        """The snapshot of the newest analysed frame, built once per frame (reader side)."""
+        state = self._display_state
+        if state is None:
+            return None
+        frame, labels, particles, time_s = state
+        with self._snapshot_lock:
+            if self._snapshot is not None and self._snapshot_state is state:
+                return self._snapshot
+            step = max(1, math.ceil(max(frame.image.shape) / self.display_max_px))
+            snapshot = PipelineSnapshot(
+                frame_index=frame.index,
+                time_s=time_s,
+                image=np.ascontiguousarray(frame.image[::step, ::step]),
+                display_scale=step,
+                labels=np.ascontiguousarray(labels[::step, ::step]),
+                particles=particles,
+                time_unit=self.time_unit,
+            )
+            self._snapshot, self._snapshot_state = snapshot, state
+            return snapshot
+
+    def _events_frame(self) -> pd.DataFrame:
+        """The newest events as a table, rebuilt only when events arrived."""
+        with self._events_lock:
+            cached = self._events_table
+            if cached is not None and cached[0] == self._events_total:
+                return cached[1]
+            total, rows = self._events_total, list(self._events)
+        table = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+        self._events_table = (total, table)
+        return table
 
     def _finish_tracks(self) -> None:
         if self.tracker is None:
