@@ -807,3 +807,112 @@ def test_ended_tracks_rows_are_released_while_ids_churn():
     for f in range(300, 303):  # all gone: empty frames release the last rows too
         tr.update(tab.iloc[:0], frame=f)
     assert (tr.tracks_table()["fate"] == "vanished").all() and tr._n_rows == 0
+
+
+# ------------------------------------------------------------------ issue 5 gaps
+def _hiding_scene(remnant_x: float) -> pd.DataFrame:
+    """B (10 nm) approaches A (12 nm, still); in frame 5 only a sliver of B is seen (3.5 nm)
+    at ``remnant_x``; from frame 6 one particle of their summed volume."""
+    rows = []
+    for f in range(12):
+        if f < 6:
+            rows.append((f, 0, 40.0, 50.0, 12.0))
+        if f < 5:
+            rows.append((f, 1, 62.0 - 2 * f, 50.0, 10.0))
+        elif f == 5:
+            rows.append((f, 1, remnant_x, 50.0, 3.5))
+        else:
+            rows.append((f, 2, 43.0, 50.0, (12.0**3 + 10.0**3) ** (1 / 3)))
+    return scene(rows)
+
+
+@pytest.mark.parametrize(
+    ("remnant_x", "kinds"),
+    [
+        (45.0, ["merge"]),  # the sliver's centre is inside A's disk: B went behind A
+        (54.0, ["vanish"]),  # beside A, not overlapping: B shrank away (and A grew)
+    ],
+)
+def test_a_particle_hidden_behind_another_before_merging_is_a_merge(remnant_x, kinds):
+    out, events, tracks = link_with_events(
+        _hiding_scene(remnant_x), pixel_size_nm=PX_NM, frame_interval_s=0.5
+    )
+    assert_no_id_twice_per_frame(out)
+    ids = out.groupby("truth")["track_id"].agg(set)
+    assert all(len(v) >= 1 for v in ids)
+    a, b = min(ids[0]), min(ids[1])
+    assert ids[1] == {b}  # B keeps one id up to its sliver
+    merges_or_vanish = events[events["kind"].isin(["merge", "vanish"])]
+    assert merges_or_vanish["kind"].tolist() == kinds
+    ev = merges_or_vanish.iloc[0]
+    if kinds == ["merge"]:
+        assert ev["frame"] == 6
+        assert set(map(int, ev["track_ids"].split())) == {a, b}
+        assert tracks.set_index("track_id").loc[b, "fate"] == "merged"
+    else:
+        assert ev["track_ids"] == str(b) and ev["frame"] == 6
+
+
+def test_a_merge_product_merging_again_soon_is_a_merge():
+    # A + B -> P at frame 8 (confirmed at 10: P's new id starts then); C touches P at
+    # frame 10 and is one with it from frame 11 (Q): P, a merge product, is a particle of
+    # its own from birth, so this is a second merge, not a fragment rejoining
+    rows = []
+    for f in range(8):
+        rows += [(f, 0, 20 + 2 * f, 50, 10.0), (f, 1, 60 - 2 * f, 50, 10.0)]
+    for f in range(8, 11):
+        rows.append((f, 3, 40, 50, 10 * 2 ** (1 / 3)))
+    for f in range(11):
+        rows.append((f, 2, 40.0, 62.0 + 2 * (10 - f), 10.0))
+    for f in range(11, 18):
+        rows.append((f, 4, 40.0, 52.0, 15.0))
+    out, events, tracks = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    merges = events[events["kind"] == "merge"]
+    assert merges["frame"].tolist() == [8, 11]
+    p_id = merges["into_id"].iloc[0]
+    c_id = out.loc[out["truth"] == 2, "track_id"].iloc[0]
+    assert set(map(int, merges["track_ids"].iloc[1].split())) == {p_id, c_id}
+    assert "vanish" not in set(events["kind"])
+
+
+@pytest.mark.parametrize(("reentry_y", "same"), [(51.0, True), (65.0, False)])
+def test_a_still_particle_that_left_by_the_border_comes_back_where_it_left(reentry_y, same):
+    # track 0 sat still on the border, then was gone 12 frames; a particle coming in 15 nm
+    # along the border is another one (the old track's gate grows with its own steps)
+    rows = []
+    for f in range(30):
+        if f < 8:
+            rows.append((f, 0, 2.0, 50.0, 6.0))
+        elif f >= 20:
+            rows.append((f, 0 if same else 2, 2.0, reentry_y, 6.0))
+        rows.append((f, 1, 60.0, 60.0, 6.0))
+    tab = scene(rows)
+    tab["touches_edge"] = tab["x_px"] < 5
+    out = link(
+        tab,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
+    )
+    assert_same_partition(out)
+
+
+def test_merge_scores_map_a_part_by_its_life_before_the_merge():
+    # pred track 7 is truth 1 for frames 0-2, then follows the merge product (truth 2) for
+    # frames 3-6 before its merge is confirmed: as a part of the frame-3 merge it is truth 1
+    matches = pd.DataFrame(
+        {
+            "frame": [0, 1, 2, 0, 1, 2, 3, 4, 5, 6],
+            "truth_id": [0, 0, 0, 1, 1, 1, 2, 2, 2, 2],
+            "pred_id": [5, 5, 5, 7, 7, 7, 7, 7, 7, 7],
+            "distance_px": 0.0,
+        }
+    )
+    tev = pd.DataFrame({"frame": [3], "kind": ["merge"], "ids": ["0 1"], "into_id": [2]})
+    pev = pd.DataFrame({"frame": [3], "kind": ["merge"], "track_ids": ["5 7"], "into_id": [9]})
+    assert merge_event_scores(pev, tev, matches)["true_positives"] == 1
+    # a merge reported before any frame of a part falls back to its whole-life identity
+    late = pev.assign(frame=0)
+    tev0 = tev.assign(frame=0, ids="0 2")
+    assert merge_event_scores(late, tev0, matches)["true_positives"] == 1

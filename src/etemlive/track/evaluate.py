@@ -239,8 +239,11 @@ def merge_event_scores(
 ) -> dict[str, float]:
     """Precision, recall and F1 of merge events.
 
-    Each predicted track is mapped to the truth track it was matched to most often
-    (``matches`` from :func:`match_detections`); a predicted merge is a true positive when
+    Each predicted track of a merge is mapped to the truth track it was matched to most
+    often (``matches`` from :func:`match_detections`) in the frames before the merge (its
+    life as a part; a tracker that confirms merges over a few frames follows the merge
+    product with the surviving part's id meanwhile), or over its whole life when it was
+    never matched before the merge frame; a predicted merge is a true positive when
     an unused truth merge within ``tolerance_frames`` has exactly the mapped set of ids.
     With ``truth`` (the truth detections), only truth merges whose merging particles were
     all visible in the ``tolerance_frames + 1`` frames before are scored (the simulator
@@ -261,14 +264,27 @@ def merge_event_scores(
 
     pm = merges(pred_events, pred_ids_column)
     tm = merges(truth_events, truth_ids_column)
-    # majority truth id for every predicted id
+    # majority truth id for every predicted id (over its whole life) ...
     if len(matches):
         cnt = matches.groupby(["pred_id", "truth_id"]).size().reset_index(name="n")
         cnt = cnt.sort_values(["pred_id", "n"], ascending=[True, False], kind="stable")
         best = cnt.drop_duplicates("pred_id")
         to_truth = dict(zip(best["pred_id"].tolist(), best["truth_id"].tolist(), strict=True))
+        m_frame = matches["frame"].to_numpy()
+        m_pred = matches["pred_id"].to_numpy()
+        m_truth = matches["truth_id"].to_numpy()
     else:
         to_truth = {}
+        m_frame = m_pred = m_truth = np.zeros(0, dtype=np.int64)
+
+    def part_of(pred_id: int, frame: int) -> int:
+        """... and as a part: over the frames before the merge (a loop over merges)."""
+        sel = (m_pred == pred_id) & (m_frame < frame)
+        if not sel.any():
+            return to_truth.get(pred_id, -1 - pred_id)
+        ids, n = np.unique(m_truth[sel], return_counts=True)
+        return int(ids[np.argmax(n)])
+
     truth_list = (
         [(int(f), _ids_of(ids)) for f, ids in zip(tm["frame"], tm[truth_ids_column], strict=True)]
         if len(tm)
@@ -286,7 +302,7 @@ def merge_event_scores(
     for f, ids in (
         zip(pm["frame"].tolist(), pm[pred_ids_column].tolist(), strict=True) if len(pm) else []
     ):
-        mapped = frozenset(to_truth.get(i, -1 - i) for i in _ids_of(ids))
+        mapped = frozenset(part_of(i, int(f)) for i in _ids_of(ids))
         best_k, best_gap = -1, None
         for k, (tf, tids) in enumerate(truth_list):
             gap = abs(tf - int(f))

@@ -975,6 +975,7 @@ class Tracker:
         ended = np.zeros(len(self._ids), dtype=bool)  # merged away this frame
         # links handed over by _rejoin: (old row or -1, new row, detection)
         self._swaps: list[tuple[int, int, int]] = []
+        self._products: list[int] = []  # merge products born in this frame
 
         if cfg.detect_merges and len(self._ids):
             self._find_merges(
@@ -1082,6 +1083,9 @@ class Tracker:
                 det_edge[new_idx],
                 frame_idx,
             )
+            if self._products:
+                prod = np.isin(self._ids, self._products)
+                self._hits[prod] = np.maximum(self._hits[prod], cfg.confirm_hits)
 
         # 7. outputs
         track_col[rows] = det_track
@@ -1157,13 +1161,16 @@ class Tracker:
             1.0 + cfg.gate_growth_per_gap * np.minimum(missed, cfg.max_gap_frames)
         )
         # A track that left the field of view (last seen on the border, missed longer than
-        # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap).
+        # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap),
+        # at the pace of its own steps (3 sigma) but at least gate_nm: a particle that
+        # barely moved comes back where it left, not 20 nm along the border
         exited = missed > cfg.max_gap_frames
         if exited.any():
             pred = np.where(exited[:, None], self._pos, pred)
-            gate = np.where(
-                exited, gate * np.sqrt(np.maximum(missed, 1) / max(cfg.max_gap_frames, 1)), gate
-            )
+            root_gap = np.sqrt(np.maximum(missed, 1))
+            wide = gate * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
+            own = np.maximum(cfg.gate_nm, 3.0 * self._step * root_gap)
+            gate = np.where(exited, np.minimum(wide, own), gate)
         ti, dj, dist = _pairs_within(pred, det, float(gate.max()))
         ok = dist <= gate[ti]
         if exited.any():
@@ -1217,10 +1224,13 @@ class Tracker:
     ) -> None:
         """Tracks lost this frame whose particle is now covered by a detection: merges."""
         cfg = self.config
-        # lost in this frame, and not a particle that was shrinking away (ripening: vanish)
-        cand = np.flatnonzero(
-            ~matched & (self._missed == 0) & ~(self._area < cfg.vanish_fraction * self._peak)
-        )
+        # lost in this frame, and not a particle that was shrinking away (ripening: vanish);
+        # one whose visible area collapsed because another particle hid it is no such one
+        lost = ~matched & (self._missed == 0)
+        shrunk = lost & (self._area < cfg.vanish_fraction * self._peak)
+        if shrunk.any():
+            shrunk[shrunk] = ~self._hidden(np.flatnonzero(shrunk))
+        cand = np.flatnonzero(lost & ~shrunk)
         if len(cand) == 0 or len(det) == 0:
             return
         r_det = diam / 2
@@ -1277,6 +1287,23 @@ class Tracker:
                 absorbed, survivor, j, frame_idx, frame_idx, det_track, det_is_new, ended, events
             )
 
+    def _hidden(self, rows: np.ndarray) -> np.ndarray:
+        """Which of the ``rows`` (established tracks whose visible area collapsed) were, when
+        last seen, behind another established particle seen in the same frame: the centre
+        of what was left visible lies inside the neighbour's equivalent disk, which two
+        particles side by side (a small one dissolving next to a large one: ripening)
+        never do, as their disks do not overlap."""
+        hidden = np.zeros(len(rows), dtype=bool)
+        cfg = self.config
+        for k, r in enumerate(rows.tolist()):  # a few collapsed tracks per frame at most
+            if self._hits[r] < cfg.confirm_hits:
+                continue  # a young track that collapsed: a fragment, not a particle hidden
+            nb = np.flatnonzero((self._seen == self._seen[r]) & (self._hits >= cfg.confirm_hits))
+            nb = nb[nb != r]
+            dist = np.hypot(*(self._pos[nb] - self._pos[r]).T)
+            hidden[k] = bool(np.any(dist < self._diam[nb] / 2))
+        return hidden
+
     def _confirm_merges(self, frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events):
         """Pending merges whose lost tracks stayed lost ``merge_confirm_frames`` frames while
         the track they merged into went on: merge events (dated when the merge was seen)."""
@@ -1330,6 +1357,8 @@ class Tracker:
             det_track[j] = into
             det_is_new[j] = True
             ended[parts] = True
+            # born of established particles: established itself (a merge into it is a merge)
+            self._products.append(into)
         else:
             into = int(self._ids[survivor])
             ended[absorbed] = True
