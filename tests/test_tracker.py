@@ -916,3 +916,19 @@ def test_merge_scores_map_a_part_by_its_life_before_the_merge():
     late = pev.assign(frame=0)
     tev0 = tev.assign(frame=0, ids="0 2")
     assert merge_event_scores(late, tev0, matches)["true_positives"] == 1
+
+
+@pytest.mark.parametrize(("speed_px", "same"), [(0.0, False), (3.0, True)])
+def test_a_missed_still_particle_is_looked_for_where_it_stood(speed_px, same):
+    # a particle missed for 3 frames, then a detection 14 nm from where it was expected:
+    # a particle that stood still cannot have gone there (another one, a new id), one
+    # moving 3 nm per frame could have
+    rows = []
+    for f in range(15):
+        if f < 6:
+            rows.append((f, 0, 20.0 + speed_px * f, 50.0, 6.0))
+        elif f >= 9:
+            rows.append((f, 0 if same else 2, 20.0 + speed_px * f, 64.0, 6.0))
+        rows.append((f, 1, 80.0, 10.0, 6.0))
+    out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_same_partition(out)

@@ -126,6 +126,8 @@ _CURVE_POINTS = 2000
 #: ... and the curves of the most recently ended tracks, up to this many points in all
 _CURVE_BUDGET = 500_000
 _DRIFT_MODES = ("auto", "image", "matches", "none")
+#: a missed track's gate grows by at most this many of its own typical steps x sqrt(gap)
+_GAP_SIGMAS = 6.0
 
 
 _EMPTY_EVENTS = pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()})
@@ -1157,9 +1159,14 @@ class Tracker:
             z = np.zeros(0, dtype=np.int64)
             return z, z, np.zeros(0)
         missed = self._missed
-        gate = cfg.gate_nm * (
-            1.0 + cfg.gate_growth_per_gap * np.minimum(missed, cfg.max_gap_frames)
+        # a missed track's gate widens with the gap, by at most gate_growth_per_gap x gate
+        # per frame and by at most _GAP_SIGMAS of its own typical steps x sqrt(gap) (a
+        # random walk of them): a particle that stood still is looked for where it stood
+        m = np.minimum(missed, cfg.max_gap_frames)
+        widen = np.minimum(
+            cfg.gate_growth_per_gap * m, _GAP_SIGMAS * self._step * np.sqrt(m) / cfg.gate_nm
         )
+        gate = cfg.gate_nm * (1.0 + widen)
         # A track that left the field of view (last seen on the border, missed longer than
         # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap),
         # at the pace of its own steps (3 sigma) but at least gate_nm: a particle that
