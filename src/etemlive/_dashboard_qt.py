@@ -178,6 +178,8 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self.cpu_budget = None if cpu_budget is None else core.CpuBudget(float(cpu_budget))
         self.throttled = False
         self.finished = False
+        #: Where :meth:`closeEvent` saves a PNG of the window first (None: nowhere).
+        self.save_png_on_close: str | Path | None = None
 
         self._snapshot: PipelineSnapshot | None = None  # drawn
         self._latest: PipelineSnapshot | None = None  # newest read
@@ -383,6 +385,11 @@ class DashboardWindow(QtWidgets.QMainWindow):
             self._draw_panels(snap)
         else:
             self.plots_pending = True
+
+    @property
+    def shows_newest(self) -> bool:
+        """True when the newest snapshot read (if any) is the one drawn."""
+        return self._latest is None or self._drawn_index == self._latest.frame_index
 
     def _plots_due(self) -> bool:
         return time.monotonic() - self._plots_drawn_s >= self._plot_interval_s
@@ -835,6 +842,11 @@ class DashboardWindow(QtWidgets.QMainWindow):
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt name)
         """Closing the window stops the timer and asks the run to stop."""
         self.timer.stop()
+        if self.save_png_on_close is not None:
+            try:
+                self.save_png(self.save_png_on_close)
+            except Exception:
+                log.exception("saving the window failed")
         try:
             self.provider.stop()
         except Exception:

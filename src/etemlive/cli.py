@@ -138,10 +138,15 @@ def _run_pipeline(pipeline: Any, *, headless: bool, title: str) -> dict[str, Any
     try:
         worker.start()
         if not headless:
-            from .dashboard import run_dashboard
+            from .dashboard import run_dashboard_process
 
-            run_dashboard(pipeline, title=title)
-            pipeline.stop()
+            # The window runs in its own process (no GIL shared with the analysis).
+            code = run_dashboard_process(pipeline, title=title)
+            if code == 0:  # closed: the run stops with its summary written
+                pipeline.stop()
+            else:  # the window failed: nothing is lost, the run goes on
+                print(f"etemlive: the dashboard window exited with code {code}; "
+                      "the run goes on headless", file=sys.stderr)
         _show_status_until_done(pipeline, worker)
     finally:
         for sig, handler in previous.items():

@@ -16,7 +16,11 @@ Public API
 ``dashboard_available() -> (bool, reason)``
     Whether a window can open here; the CLI falls back to headless when not.
 ``run_dashboard(provider, *, title, refresh_hz)``
-    Show the window until it is closed (closing asks the run to stop).
+    Show the window in this process until it is closed (closing asks the run to stop).
+``run_dashboard_process(provider, *, title, refresh_hz)``
+    The same window in its own, lower-priority process, fed over a local ZeroMQ
+    socket (:mod:`etemlive._dashboard_proc`): what the CLI opens, so the window never
+    takes the GIL from the analysis.
 ``DashboardWindow(provider, ...)``
     The window itself (imported lazily from :mod:`etemlive._dashboard_qt`).
 ``benchmark_refresh(n, size, n_particles) -> dict``
@@ -42,6 +46,7 @@ from .snapshot import PipelineSnapshot, PipelineStats
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._dashboard_proc import run_dashboard_process
     from ._dashboard_qt import DashboardWindow
 
 __all__ = [
@@ -61,6 +66,7 @@ __all__ = [
     "label_colour_lut",
     "nice_scale_bar_nm",
     "run_dashboard",
+    "run_dashboard_process",
     "size_histogram",
 ]
 
@@ -238,12 +244,22 @@ def __getattr__(name: str) -> Any:
         from ._dashboard_qt import DashboardWindow
 
         return DashboardWindow
+    if name == "run_dashboard_process":
+        from ._dashboard_proc import run_dashboard_process
+
+        return run_dashboard_process
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_dashboard(
-    provider: SnapshotProvider, *, title: str = "etemlive", refresh_hz: float = 20.0
-) -> None:
+    provider: SnapshotProvider,
+    *,
+    title: str = "etemlive",
+    refresh_hz: float = 20.0,
+    cpu_budget: float | str | None = "auto",
+    close_when_finished: bool = False,
+    save_png: str | os.PathLike[str] | None = None,
+) -> dict[str, int]:
     """Show the dashboard for a run and return when the window is closed.
 
     Creates the ``QApplication`` if there is none, shows a ``DashboardWindow`` that
@@ -260,6 +276,18 @@ def run_dashboard(
         Window title.
     refresh_hz : float
         Redraw rate in Hz (> 0); a redraw is skipped when no new frame arrived.
+    cpu_budget : float, "auto" or None
+        The window's CPU budget (see :class:`DashboardWindow`).
+    close_when_finished : bool
+        Close the window once the run has finished and its last frame is drawn.
+    save_png : path, optional
+        Save a PNG of the window just before it closes.
+
+    Returns
+    -------
+    dict
+        ``redraws`` (frames drawn), ``skipped`` (new frames not drawn: over the CPU
+        budget) and ``redraw_errors`` of the window.
     """
     import signal
     import threading
@@ -272,9 +300,22 @@ def run_dashboard(
     if app is None:  # kept referenced until the window closes
         app = QtWidgets.QApplication(sys.argv[:1])
         app.setApplicationName("etemlive")
-    window = DashboardWindow(provider, title=title, refresh_hz=refresh_hz)
+    window = DashboardWindow(provider, title=title, refresh_hz=refresh_hz, cpu_budget=cpu_budget)
+    attach = getattr(provider, "attach_window", None)
+    if callable(attach):  # a remote provider asks for frames only when they will be drawn
+        attach(window)
+    if save_png is not None:
+        window.save_png_on_close = save_png
     loop = QtCore.QEventLoop()
     window.closed.connect(loop.quit)
+    if close_when_finished:
+        def close_if_finished() -> None:
+            if window.finished and window.shows_newest:
+                window.close()
+
+        finisher = QtCore.QTimer(window)
+        finisher.timeout.connect(close_if_finished)
+        finisher.start(200)
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         # Qt's loop holds the main thread; the refresh timer lets Python run the handlers.
@@ -288,9 +329,12 @@ def run_dashboard(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        counts = {"redraws": window.redraws, "redraw_errors": window.redraw_errors,
+                  "skipped": window.cpu_budget.denied if window.cpu_budget is not None else 0}
         window.deleteLater()
         # processEvents() does not run deferred deletes; free the window now.
         QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    return counts
 
 
 # ----------------------------------------------------------------------------------
@@ -760,6 +804,18 @@ class CpuBudget:
         self._samples: deque[tuple[float, float]] = deque()
         self.share = 0.0  #: last measured share of a core
         self.denied = 0  #: redraws postponed so far
+
+    def within(self) -> bool:
+        """Whether a redraw now would be allowed, without recording a tick."""
+        samples = self._samples
+        if not samples:
+            return True
+        now, cpu = self._clock(), self._cpu_clock()
+        then, cpu_then = samples[0]
+        span = now - then
+        if span < 0.25 * self.window_s:
+            return True
+        return (cpu - cpu_then) / span <= self.fraction
 
     def allow(self) -> bool:
         """Record a tick; True when the thread is within budget (draw now)."""
