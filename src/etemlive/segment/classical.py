@@ -76,8 +76,13 @@ class ClassicalConfig:
     smoothing_nm : float or None
         Gaussian denoising sigma in nm; None: from the image's contrast-to-noise
         ratio ``c`` (4x-averaged percentile range / pixel noise) and the particle
-        (median) size ``d`` of a first pass on the 4x-averaged copy: max(3 / c,
-        ``smoothing_fraction`` * d) px, clipped to 1..8 px.
+        (median) size ``d`` of a first pass on the 4x-averaged copy:
+        max(``smoothing_snr`` / c, ``smoothing_fraction`` * d) px, clipped to 1..8 px.
+    smoothing_snr : float
+        With ``smoothing_nm`` None, the noise-adaptive part of the smoothing
+        sigma is this over the contrast-to-noise ratio ``c``: at the default
+        dose (c ~ 3.5) it stays near 1 px, at low dose (c ~ 1.5) it grows to
+        ~3 px, enough for 5-7 nm particles to clear the noise.
     smoothing_fraction : float
         With ``smoothing_nm`` / ``morphology_nm`` None, the smoothing sigma and the
         morphology radius are at least this fraction of the particle size from
@@ -105,6 +110,13 @@ class ClassicalConfig:
     split_sigma : float
         Two touching regions also stay apart when the particle signal dips
         between them by this many noise std (a faint particle beside a dark one).
+    split_outline_sigma : float
+        The shape cue's minimum distance dip grows with the outline's own
+        uncertainty: at least this times ``sigma_s * noise / contrast`` px
+        (``sigma_s`` the smoothing sigma, ``contrast`` the lower peak of the
+        pair): at low dose noise carves waists of a pixel or two into rods,
+        which must not cut them; at the default dose the floor
+        ``split_min_dip_px`` rules.
     low_sigma, high_sigma : float
         Hysteresis thresholds in units of the background noise std above the
         background level: a particle is a connected region above ``low_sigma``
@@ -136,12 +148,14 @@ class ClassicalConfig:
     split_ratio: float = 0.1
     split_min_dip_px: float = 0.5
     split_sigma: float = 4.0
+    split_outline_sigma: float = 2.0
     dist_sigma_px: float = 1.2
     low_sigma: float = 2.5
     high_sigma: float = 6.0
     min_seed_sigma: float = 4.0
     min_diameter_nm: float = 1.0
     smoothing_fraction: float = 0.05
+    smoothing_snr: float = 4.5
     watershed_half_res_px: float = 16.0
     fill_holes: bool = True
     snap_to_edges: bool = False
@@ -163,8 +177,9 @@ class ClassicalConfig:
             raise InputError(f"edge_fraction must be in [0, 1), got {self.edge_fraction!r}")
         if not 0 < self.split_ratio < 1:
             raise InputError(f"split_ratio must be in (0, 1), got {self.split_ratio!r}")
-        for name in ("split_min_dip_px", "split_sigma", "dist_sigma_px", "low_sigma",
-                     "high_sigma", "min_seed_sigma", "smoothing_fraction"):
+        for name in ("split_min_dip_px", "split_sigma", "split_outline_sigma",
+                     "dist_sigma_px", "low_sigma", "high_sigma", "min_seed_sigma",
+                     "smoothing_fraction", "smoothing_snr"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -267,13 +282,17 @@ def _otsu_u8(x: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[np.ndarray, f
     return mask, t
 
 
-def _contrast_to_noise(image: np.ndarray, small_flat: np.ndarray,
-                       percentiles: tuple[float, float]) -> float:
-    """Robust contrast range of the 4x-averaged image over the raw pixel noise std."""
+def _pixel_noise(image: np.ndarray) -> float:
+    """Std of the pixel-to-pixel (white) noise, from neighbour differences (MAD)."""
     d = (image[::8, 1:] - image[::8, :-1]).ravel()
     # Horizontal neighbour differences: std * sqrt(2) of white noise, edges rare.
     med = np.median(d)
-    noise = 1.4826 * float(np.median(np.abs(d - med))) / math.sqrt(2.0)
+    return 1.4826 * float(np.median(np.abs(d - med))) / math.sqrt(2.0)
+
+
+def _contrast_to_noise(noise: float, small_flat: np.ndarray,
+                       percentiles: tuple[float, float]) -> float:
+    """Robust contrast range of the 4x-averaged image over the raw pixel noise std."""
     lo, hi = np.percentile(small_flat, percentiles)
     return float(hi - lo) / noise if noise > 0 else math.inf
 
@@ -461,7 +480,8 @@ def _watershed_downsampled(relief: np.ndarray, markers: np.ndarray, mask: np.nda
 
 
 def _merge_weak_splits(labels: np.ndarray, dist: np.ndarray, intensity: np.ndarray,
-                       cfg: ClassicalConfig, min_contrast_dip: float) -> np.ndarray:
+                       cfg: ClassicalConfig, noise: float, smoothing_px: float
+                       ) -> np.ndarray:
     """Merge adjacent watershed regions that are not separated by a real dip.
 
     Two cues, each computed for every pair of touching regions at once:
@@ -470,9 +490,12 @@ def _merge_weak_splits(labels: np.ndarray, dist: np.ndarray, intensity: np.ndarr
       over 4-neighbour pixel pairs across their boundary) against the lower of
       the two peaks: a split needs ``saddle <= (1 - split_ratio) * peak`` (h-maxima
       in log space: one relative criterion for all sizes) and a dip of at least
-      ``split_min_dip_px`` (the mask outline is only known to a pixel);
+      ``split_min_dip_px`` (the mask outline is only known to a pixel) and of
+      ``split_outline_sigma * smoothing_px * noise / contrast`` px (the outline's
+      position error at low contrast-to-noise, ``contrast`` the pair's lower
+      signal peak);
     * contrast: the same saddle / peak on the smoothed particle signal; a dip
-      deeper than ``min_contrast_dip`` (a multiple of the noise) separates a faint
+      deeper than ``split_sigma * noise`` separates a faint
       particle from a darker neighbour even when the outline shows no waist.
 
     A pair is merged when neither cue separates it; merges are transitive
@@ -498,19 +521,21 @@ def _merge_weak_splits(labels: np.ndarray, dist: np.ndarray, intensity: np.ndarr
         return labels
     uniq, inv = np.unique(pa * (n + 1) + pb, return_inverse=True)
     ua, ub = np.divmod(uniq, n + 1)
-    keep_apart = np.zeros(uniq.size, dtype=bool)
-    for values, saddles, relative, absolute in (
-        (dist, np.concatenate(sd_list), cfg.split_ratio, cfg.split_min_dip_px),
-        (intensity, np.concatenate(si_list), None, min_contrast_dip),
-    ):
+    lower, saddle = [], []
+    for values, saddles in ((dist, np.concatenate(sd_list)),
+                            (intensity, np.concatenate(si_list))):
         peaks = _label_max(values, labels, n + 1)
-        saddle = np.full(uniq.size, -np.inf)
-        np.maximum.at(saddle, inv, saddles.astype(np.float64))
-        lower = np.minimum(peaks[ua], peaks[ub])
-        apart = lower - saddle >= absolute
-        if relative is not None:
-            apart &= saddle <= (1.0 - relative) * lower
-        keep_apart |= apart
+        highest = np.full(uniq.size, -np.inf)
+        np.maximum.at(highest, inv, saddles.astype(np.float64))
+        lower.append(np.minimum(peaks[ua], peaks[ub]))
+        saddle.append(highest)
+    (d_low, i_low), (d_saddle, i_saddle) = lower, saddle
+    # Outline position error ~ edge width * noise / contrast: a waist shallower
+    # than that may be carved by noise (a rod at low dose), not by two particles.
+    min_dip_px = np.maximum(cfg.split_min_dip_px, cfg.split_outline_sigma * smoothing_px
+                            * noise / np.maximum(i_low, 1e-6 * noise))
+    shape_apart = (d_low - d_saddle >= min_dip_px) & (d_saddle <= (1.0 - cfg.split_ratio) * d_low)
+    keep_apart = shape_apart | (i_low - i_saddle >= cfg.split_sigma * noise)
     merge = ~keep_apart
     if not merge.any():
         return labels
@@ -591,11 +616,15 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
         bright = cfg.polarity == "bright"
     first, _ = _otsu_u8(small_smooth if bright else -small_smooth, *cfg.percentiles)
     size_px, large_px = (factor * d for d in _estimate_diameter_px(first))
+    pixel_noise = _pixel_noise(img)
     if cfg.smoothing_nm:
         sigma_px = cfg.smoothing_nm / px
     else:
-        snr = _contrast_to_noise(img, small_flat, cfg.percentiles)
-        sigma_px = max(3.0 / snr if snr > 0 else 3.0, cfg.smoothing_fraction * size_px)
+        snr = _contrast_to_noise(pixel_noise, small_flat, cfg.percentiles)
+        # Noise-adaptive: the smoothing grows as the contrast-to-noise ratio
+        # falls (low dose), so particles of the measured size keep their SNR.
+        k = cfg.smoothing_snr
+        sigma_px = max(k / snr if snr > 0 else k, cfg.smoothing_fraction * size_px)
         sigma_px = float(np.clip(sigma_px, 1.0, 8.0))
     smooth = cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     oriented = smooth if bright else -smooth  # particles bright from here on
@@ -614,6 +643,10 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
     lo_pct, hi_pct = np.percentile(flat[::4, ::4], cfg.percentiles)
     otsu = lo_pct + otsu_u8 / 255.0 * (hi_pct - lo_pct)
     mode, sigma = _background_noise(flat)
+    # White pixel noise after the Gaussian has std noise / (2 sqrt(pi) sigma_px):
+    # a floor for the histogram estimate, which few independent samples (heavy
+    # smoothing of a small frame) can put too low (noise blobs then pass).
+    sigma = max(sigma, pixel_noise / (2.0 * math.sqrt(math.pi) * sigma_px))
     low = mode + cfg.low_sigma * sigma
     # Seeds must clear the noise even where Otsu only splits noise (no particles).
     high = max(min(otsu, mode + cfg.high_sigma * sigma), mode + cfg.min_seed_sigma * sigma, low)
@@ -650,7 +683,7 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
         # a faint particle beside a dark one: merge and re-trim those pixels.
         signal = cv2.GaussianBlur(contrast[box], (0, 0), 1.0)
         sub = _merge_weak_splits(np.where(in_ws, labels[box], 0), smooth_dist[box], signal,
-                                 cfg, cfg.split_sigma * sigma)
+                                 cfg, sigma, sigma_px)
         if not cfg.snap_to_edges:
             # Outline: a fixed fraction of each particle's own peak contrast.
             sub, _ = _snap_to_edges(sub, contrast[box], cfg.edge_fraction)
