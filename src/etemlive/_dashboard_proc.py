@@ -315,6 +315,65 @@ def run_dashboard_process(
     return code
 
 
+def benchmark_transfer(n: int = 30, size: int = 2048, n_particles: int = 500,
+                       display_max_px: int = 1024) -> dict[str, float]:
+    """Time moving one new snapshot from the run to the window process's reader.
+
+    A :class:`SnapshotServer` and a :class:`RemoteProvider` on a real local socket (in
+    one process, so the time is the round trip: request, pickling, transfer, unpickling),
+    fed ``n`` distinct snapshots of ``size`` x ``size`` frames reduced to the pipeline's
+    display size, with ``n_particles`` particles. Returns ``ms_median``, ``ms_p90``,
+    ``mb_per_frame`` (the arrays sent) and ``n``.
+    """
+    from .dashboard import synthetic_snapshots
+
+    step = max(1, math.ceil(size / display_max_px))
+    snaps = []
+    for snap in synthetic_snapshots(n, size=size, n_particles=n_particles):
+        snaps.append(PipelineSnapshot(
+            frame_index=snap.frame_index, time_s=snap.time_s,
+            image=np.ascontiguousarray(snap.image[::step, ::step]), display_scale=step,
+            labels=np.ascontiguousarray(snap.labels[::step, ::step]), particles=snap.particles,
+            history=snap.history, events=snap.events, stats=snap.stats))
+
+    class _Cycle:
+        running = True
+
+        def __init__(self) -> None:
+            self.k = 0
+
+        def latest_snapshot(self) -> PipelineSnapshot:
+            return snaps[self.k]
+
+        def track_history(self, track_id: int) -> pd.DataFrame:
+            return pd.DataFrame({c: [] for c in _HISTORY_COLUMNS})
+
+        def stop(self) -> None:
+            self.running = False
+
+    provider = _Cycle()
+    times_ms = []
+    with SnapshotServer(provider) as server:
+        remote = RemoteProvider(server.endpoint, wait_s=5.0)
+        try:
+            for k in range(n):
+                provider.k = k
+                t0 = time.perf_counter()
+                snap = remote.latest_snapshot()
+                times_ms.append((time.perf_counter() - t0) * 1e3)
+                if snap is None or snap.frame_index != snaps[k].frame_index:
+                    raise RuntimeError("the window's reader did not receive the new snapshot")
+        finally:
+            remote.close()
+    first = snaps[0]
+    return {
+        "n": n,
+        "ms_median": float(np.median(times_ms[1:])),
+        "ms_p90": float(np.percentile(times_ms[1:], 90)),
+        "mb_per_frame": (first.image.nbytes + first.labels.nbytes) / 2**20,
+    }
+
+
 # ----------------------------------------------------------------------------------
 # Window side
 # ----------------------------------------------------------------------------------
