@@ -241,3 +241,12 @@ def test_window_process_module_runs_as_a_script():
     out = subprocess.run([sys.executable, "-m", "etemlive._dashboard_proc", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "endpoint" in out.stdout
+
+
+def test_benchmark_transfer_moves_distinct_snapshots():
+    from etemlive._dashboard_proc import benchmark_transfer
+
+    r = benchmark_transfer(n=4, size=256, n_particles=20, display_max_px=128)
+    # 128 x 128 display arrays: uint16 image + int32 labels.
+    assert r["mb_per_frame"] == pytest.approx(128 * 128 * (2 + 4) / 2**20)
+    assert 0 < r["ms_median"] <= r["ms_p90"] < 5000
