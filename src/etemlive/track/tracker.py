@@ -152,6 +152,13 @@ def _events_frame(events: list[tuple[int, str, str, int]]) -> pd.DataFrame:
     )
 
 
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
+    s = np.sort(a, axis=0)
+    n = len(s)
+    return (s[(n - 1) // 2] + s[n // 2]) / 2
+
+
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise InputError(f"TrackerConfig.{name} must be a positive finite number, got {value!r}")
@@ -523,7 +530,14 @@ class _Overlap:
         both = np.logical_and(a, b)
         self._nb = int(cur.max()) + 1 if cur.size else 1
         keys = a[both].astype(np.int64) * self._nb + b[both]
-        self.keys, self.counts = np.unique(keys, return_counts=True)
+        top = int(prev.max()) + 1 if prev.size else 1
+        if top * self._nb <= 1 << 22:
+            # few labels: counting beats sorting (same keys and counts as np.unique)
+            counts = np.bincount(keys, minlength=0)
+            self.keys = np.flatnonzero(counts)
+            self.counts = counts[self.keys]
+        else:
+            self.keys, self.counts = np.unique(keys, return_counts=True)
 
     def intersection(self, prev_labels: np.ndarray, cur_labels: np.ndarray) -> np.ndarray:
         keys = prev_labels.astype(np.int64) * self._nb + cur_labels.astype(np.int64)
@@ -799,11 +813,20 @@ class Tracker:
         cfg = self.config
         if len(pred) < cfg.min_drift_matches or len(det) < cfg.min_drift_matches:
             return np.zeros(2)
-        tree = cKDTree(pred)
         # most detections already have a track within the gate: no jump to look for
-        near, _ = tree.query(det, k=1, distance_upper_bound=cfg.gate_nm)
-        if np.isfinite(near).sum() >= 0.5 * min(len(pred), len(det)):
-            return np.zeros(2)
+        enough = 0.5 * min(len(pred), len(det))
+        if len(pred) * len(det) <= 16384:  # small frames: brute force beats building a tree
+            d2 = (det[:, None, 0] - pred[None, :, 0]) ** 2 + (
+                det[:, None, 1] - pred[None, :, 1]
+            ) ** 2
+            if np.count_nonzero(d2.min(axis=1) < cfg.gate_nm**2) >= enough:
+                return np.zeros(2)
+            tree = cKDTree(pred)
+        else:
+            tree = cKDTree(pred)
+            near, _ = tree.query(det, k=1, distance_upper_bound=cfg.gate_nm)
+            if np.isfinite(near).sum() >= enough:
+                return np.zeros(2)
         k = min(4, len(pred))
         dist, idx = tree.query(det, k=k, distance_upper_bound=cfg.max_drift_nm)
         dist = np.asarray(dist).reshape(len(det), k)
@@ -824,7 +847,7 @@ class Tracker:
             return np.zeros(2)
         centre = np.array([best // (2 * span + 1) - span, best % (2 * span + 1) - span]) * w
         near = np.all(np.abs(vec - centre) <= w, axis=1)
-        return np.median(vec[near], axis=0)
+        return _median_rows(vec[near])
 
     # ---------------------------------------------------------------- update
     def update(
@@ -874,7 +897,9 @@ class Tracker:
         if self._first_frame is None:
             self._first_frame = frame_idx
 
-        out = particles.copy()
+        # a shallow copy: the track_id column set below is a new array, the caller's table
+        # is not modified (and its other columns are not copied every frame)
+        out = particles.copy(deep=False)
         track_col = np.full(n_rows, -1, dtype=np.int64)
         xy = np.column_stack(
             [
@@ -950,8 +975,8 @@ class Tracker:
             last = self._seen[m_t] == prev_frame
             if last.sum() >= max(cfg.min_drift_matches, 1):
                 disp = (det_raw[m_d[last]] - self._drift - self._pos[m_t[last]]) / steps
-                med = np.median(disp, axis=0)
-                mad = np.median(np.abs(disp - med), axis=0) * 1.4826
+                med = _median_rows(disp)
+                mad = _median_rows(np.abs(disp - med)) * 1.4826
                 var = (mad**2 + 1e-12) / len(disp)
                 if jumped:
                     self._drift_vel, self._drift_var = med, var
