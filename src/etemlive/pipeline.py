@@ -33,6 +33,7 @@ from .frames import Frame, FrameSource, validate_pixel_size_nm
 from .measure import measure_particles
 from .record import EVENT_COLUMNS, FRAME_COLUMNS, Recorder
 from .segment import Segmenter
+from .segment.batching import BatchingSegmenter
 from .snapshot import PipelineSnapshot, PipelineStats
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,15 @@ class Pipeline:
         self._tracker_factory = tracker_factory
         self.tracker: Any = None
         if workers is None:
-            workers = 2 if getattr(segmenter, "name", "") == "classical" else 1
+            batch_frames = int(getattr(segmenter, "batch_frames", 1) or 1)
+            if batch_frames > 1 and hasattr(segmenter, "segment_batch"):
+                # A GPU segmenter: one worker per frame of a batch; the concurrent
+                # calls are gathered into one network call (segment/batching.py).
+                segmenter = BatchingSegmenter(segmenter, max_batch=batch_frames)
+                self.segmenter = segmenter
+                workers = batch_frames
+            else:
+                workers = 2 if getattr(segmenter, "name", "") == "classical" else 1
         self.workers = max(1, int(workers))
         self.publish_snapshots = publish_snapshots
         self.display_max_px = display_max_px
@@ -703,6 +712,7 @@ class Pipeline:
             "backend": s.backend,
             "device": s.device,
             "workers": self.workers,
+            "segment_batches": getattr(self.segmenter, "batches", None),
             "frames_seen": s.received,
             "frames_received": s.received,
             "frames_analysed": s.analysed,
