@@ -289,6 +289,11 @@ def run_dashboard_process(
         cmd += ["--stats-json", os.fspath(stats_json)]
     interrupted = threading.Event()
     previous: dict[int, Any] = {}
+    env = dict(os.environ if env is None else env)
+    # The window imports this same etemlive, wherever it was imported from here.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     try:
         proc = subprocess.Popen(cmd, env=env)
         if threading.current_thread() is threading.main_thread():
