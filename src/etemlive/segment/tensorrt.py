@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,16 @@ def plan_cache_path(onnx_path: str | Path, identity: dict) -> Path:
     )
 
 
+def _onnx_and_identity(onnx_path: str | Path, device: str, fp16: bool) -> tuple[Any, Path, dict]:
+    """TensorRT module, checked ONNX path and the identity its plan must match here."""
+    trt = _import_trt()
+    torch, dev = _import_torch_cuda(device)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise InputError(f"ONNX model not found: {onnx_path}; rebuild it with `python tools/export_onnx.py`")
+    return trt, onnx_path, plan_identity(onnx_path, torch.cuda.get_device_name(dev), trt.__version__, fp16)
+
+
 def build_engine(onnx_path: str | Path, out_path: str | Path | None = None, fp16: bool = True,
                  *, device: str = "cuda") -> Path:
     """Build a TensorRT engine from the ONNX file and write its plan.
@@ -110,12 +121,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None, fp16
     InputError
         ONNX missing or not parseable.
     """
-    trt = _import_trt()
-    torch, dev = _import_torch_cuda(device)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise InputError(f"ONNX model not found: {onnx_path}; rebuild it with `python tools/export_onnx.py`")
-    identity = plan_identity(onnx_path, torch.cuda.get_device_name(dev), trt.__version__, fp16)
+    trt, onnx_path, identity = _onnx_and_identity(onnx_path, device, fp16)
     out = Path(out_path) if out_path is not None else plan_cache_path(onnx_path, identity)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -181,12 +187,7 @@ class TensorRTRunner:
     @classmethod
     def from_onnx(cls, onnx_path: str | Path, *, device: str = "cuda", fp16: bool = True) -> TensorRTRunner:
         """Load the cached plan of ``onnx_path`` for this GPU/TensorRT, building it when missing or stale."""
-        trt = _import_trt()
-        torch, dev = _import_torch_cuda(device)
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise InputError(f"ONNX model not found: {onnx_path}; rebuild it with `python tools/export_onnx.py`")
-        identity = plan_identity(onnx_path, torch.cuda.get_device_name(dev), trt.__version__, fp16)
+        _, onnx_path, identity = _onnx_and_identity(onnx_path, device, fp16)
         plan = plan_cache_path(onnx_path, identity)
         if plan.is_file():
             try:
