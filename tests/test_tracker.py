@@ -932,3 +932,25 @@ def test_a_missed_still_particle_is_looked_for_where_it_stood(speed_px, same):
         rows.append((f, 1, 80.0, 10.0, 6.0))
     out = link(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
     assert_same_partition(out)
+
+
+def test_a_fragment_seen_whole_again_ends_at_once_and_the_particle_moves_on():
+    # a particle moving 2 px/frame is cut in two for frames 5-6; whole again from frame 7:
+    # the fragment (a young track, it cannot be a merge) ends in frame 7, not after a
+    # merge-confirmation wait, and the particle's track takes the whole detection at once
+    rows = []
+    for f in range(14):
+        x = 20.0 + 2 * f
+        if f in (5, 6):
+            rows.append((f, 0, x - 3, 40.0, 12.0 / math.sqrt(2)))
+            rows.append((f, 1, x + 3, 40.0, 12.0 / math.sqrt(2)))
+        else:
+            rows.append((f, 0, x, 40.0, 12.0))
+    out, events, tracks = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    assert out.loc[out["truth"] == 0, "track_id"].nunique() == 1
+    fragment = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+    vanish = events[events["kind"] == "vanish"]
+    assert vanish["track_ids"].tolist() == [str(fragment)]
+    assert vanish["frame"].tolist() == [7]
+    assert "merge" not in set(events["kind"])

@@ -1003,6 +1003,7 @@ class Tracker:
         # links handed over by _rejoin: (old row or -1, new row, detection)
         self._swaps: list[tuple[int, int, int]] = []
         self._products: list[int] = []  # merge products born in this frame
+        self._whole: list[int] = []  # rows whose fragments rejoined them in this frame
 
         if cfg.detect_merges and len(self._ids):
             self._find_merges(
@@ -1072,6 +1073,8 @@ class Tracker:
         pend = self._pend_into[self._pend_into >= 0]
         if len(pend):
             blob |= np.isin(self._ids[m_t], pend) & keep_m
+        if self._whole:
+            blob &= ~np.isin(m_t, self._whole)
         if blob.any():
             self._seen[m_t[blob]] = frame_idx
             self._missed[m_t[blob]] = 0
@@ -1309,7 +1312,7 @@ class Tracker:
                 >= self._area[survivor] + cfg.merge_growth_min * np.nansum(self._area[absorbed])
             ):
                 continue  # the linked particle did not take up the lost one's matter
-            if survivor >= 0 and cfg.merge_confirm_frames > 1:
+            if survivor >= 0 and cfg.merge_confirm_frames > 1 and len(self._roots(parts)) > 1:
                 # wait: a segmentation glitch (two touching particles seen as one for a
                 # frame) comes apart again and the lost track simply links back
                 self._pend_into[absorbed] = self._ids[survivor]
@@ -1370,14 +1373,7 @@ class Tracker:
         cfg = self.config
         parts = list(np.atleast_1d(absorbed).tolist()) + ([survivor] if survivor >= 0 else [])
         part_ids = sorted(int(self._ids[p]) for p in parts)
-        # the parts that are particles of their own: established tracks (a tentative one
-        # may be a spurious blob or a fragment) not born as a fragment of another part
-        roots = [
-            p
-            for p in parts
-            if self._hits[p] >= cfg.confirm_hits
-            and self._born_near[int(self._ids[p])] not in part_ids
-        ]
+        roots = self._roots(parts)
         if len(roots) <= 1:
             # one particle seen as one again: no merge
             root = roots[0] if roots else max(parts, key=lambda p: (self._hits[p], p == survivor))
@@ -1400,6 +1396,18 @@ class Tracker:
                 self._merged_into[int(self._ids[p])] = into
         self._pend_into[parts] = -1
         events.append((event_frame, "merge", " ".join(map(str, part_ids)), into))
+
+    def _roots(self, parts: list[int]) -> list[int]:
+        """The rows among ``parts`` that are particles of their own: established tracks (a
+        tentative one may be a spurious blob or a fragment) not born as a fragment of
+        another part."""
+        part_ids = {int(self._ids[p]) for p in parts}
+        return [
+            p
+            for p in parts
+            if self._hits[p] >= self.config.confirm_hits
+            and self._born_near[int(self._ids[p])] not in part_ids
+        ]
 
     def _note_born_near(
         self, new_ids, new_det, det, diam, area, det_track, det_is_new, m_t, m_d
@@ -1437,6 +1445,7 @@ class Tracker:
             self._fate[tid] = _FATE_VANISHED
             events.append((frame_idx, "vanish", str(tid), -1))
         self._pend_into[parts] = -1
+        self._whole.append(root)  # the detection is this particle, whole: not a blob
         if root != survivor:
             # the survivor row (-1: none) was linked to j: hand the link to the root
             self._swaps.append((survivor, root, j))
