@@ -372,9 +372,20 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarr
     """All (i, j, distance) with ``|a[i] - b[j]| <= radius``: brute force for small sets,
     a k-d tree otherwise."""
     if len(a) * len(b) <= 16384:
-        d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-        i, j = np.nonzero(d <= radius)
-        return i.astype(np.int64), j.astype(np.int64), d[i, j]
+        # sweep along x: only pairs within the radius in x are measured, then put in
+        # (i, j) order (the order a dense distance matrix would give)
+        order = np.argsort(b[:, 0], kind="stable")
+        bx = b[order, 0]
+        lo = np.searchsorted(bx, a[:, 0] - radius, "left")
+        cnt = np.searchsorted(bx, a[:, 0] + radius, "right") - lo
+        i = np.repeat(np.arange(len(a), dtype=np.int64), cnt)
+        start = np.cumsum(cnt) - cnt
+        j = order[np.arange(len(i)) - np.repeat(start - lo, cnt)].astype(np.int64)
+        d = np.hypot(a[i, 0] - b[j, 0], a[i, 1] - b[j, 1])
+        ok = d <= radius
+        i, j, d = i[ok], j[ok], d[ok]
+        o = np.lexsort((j, i))
+        return i[o], j[o], d[o]
     pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
     return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
 
@@ -1119,7 +1130,11 @@ class Tracker:
 
         # 7. outputs
         track_col[rows] = det_track
-        out["track_id"] = track_col
+        loc = out.columns.get_loc("track_id") if "track_id" in out.columns else None
+        if isinstance(loc, int):
+            out.isetitem(loc, track_col)  # a new array, not written into the caller's
+        else:
+            out["track_id"] = track_col
         with self._lock:
             self._hist.append(
                 (
