@@ -954,3 +954,18 @@ def test_a_fragment_seen_whole_again_ends_at_once_and_the_particle_moves_on():
     assert vanish["track_ids"].tolist() == [str(fragment)]
     assert vanish["frame"].tolist() == [7]
     assert "merge" not in set(events["kind"])
+
+
+@pytest.mark.parametrize("has_track_id", [True, False])
+def test_update_does_not_modify_the_frame_table(has_track_id):
+    tab = merging_scene()
+    if not has_track_id:
+        tab = tab.drop(columns="track_id")
+    tracker = Tracker(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    for _, frame in tab.groupby("frame"):
+        before = frame.copy()
+        step = tracker.update(frame)
+        pd.testing.assert_frame_equal(frame, before)
+        assert (step.particles["track_id"] >= 0).all()
+        extra = [] if has_track_id else ["track_id"]
+        assert list(step.particles.columns) == list(frame.columns) + extra
