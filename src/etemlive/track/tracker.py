@@ -152,6 +152,18 @@ def _events_frame(events: list[tuple[int, str, str, int]]) -> pd.DataFrame:
     )
 
 
+def _values(column: pd.Series, dtype: type) -> np.ndarray:
+    """A column as a numpy array of ``dtype``: the stored array itself when it already is
+    one (``Series.to_numpy`` costs several times more per call; this runs every frame),
+    else converted, missing values as NaN for floats."""
+    values = column.values
+    if isinstance(values, np.ndarray) and values.dtype == dtype:
+        return values
+    if dtype is float:
+        return column.to_numpy(dtype=float, na_value=np.nan)
+    return np.asarray(column.to_numpy(), dtype=dtype)
+
+
 def _median_rows(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
     s = np.sort(a, axis=0)
@@ -792,7 +804,7 @@ class Tracker:
     @staticmethod
     def _column(df: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
         if name in df.columns:
-            return df[name].to_numpy(dtype=float, na_value=np.nan)
+            return _values(df[name], float)
         return np.full(n, default)
 
     # ---------------------------------------------------------------- drift
@@ -928,15 +940,15 @@ class Tracker:
         area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
         diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
         if "touches_edge" in particles.columns:
-            det_edge = particles["touches_edge"].to_numpy()[rows].astype(bool)
+            det_edge = _values(particles["touches_edge"], bool)[rows]
         else:
             det_edge = np.zeros(len(rows), dtype=bool)
         if "label" in particles.columns:
-            det_label = particles["label"].to_numpy()[rows].astype(np.int64)
+            det_label = _values(particles["label"], np.int64)[rows]
         else:
             det_label = np.zeros(len(rows), dtype=np.int64)
         if "time_s" in particles.columns and n_rows:
-            time_s = particles["time_s"].to_numpy(dtype=float)[rows]
+            time_s = _values(particles["time_s"], float)[rows]
         else:
             time_s = np.full(len(rows), frame_idx * self._dt)
 
@@ -1157,7 +1169,8 @@ class Tracker:
 
     def _frame_index(self, particles: pd.DataFrame, frame: int | None) -> int:
         if "frame" in particles.columns and len(particles):
-            f = particles["frame"].to_numpy()
+            f = particles["frame"].values
+            f = f if isinstance(f, np.ndarray) else particles["frame"].to_numpy()
             lo, hi = int(f.min()), int(f.max())
             if lo != hi:
                 raise InputError(
