@@ -371,7 +371,10 @@ def run(quick: bool = False) -> str:
         "### Ground-truth detections (tracker alone)",
         "",
         "Detections measured from the simulator's truth labels; identities scored exactly "
-        "(label = truth id). Truth merges of particles never visible are not scored. "
+        "(label = truth id). A merge counts when found within +-2 frames with the right "
+        "tracks, each merging track identified by the truth id it mostly followed before the "
+        "merge (the merge product keeps a part's id until the merge is confirmed, "
+        "`merge_confirm_frames`). Truth merges of particles never visible are not scored. "
         "trackpy reports no merge events; where its subnetwork size limit is exceeded it is "
         "rerun with its adaptive search (`adaptive_stop` = 0.1 x search range).",
         "",
