@@ -1356,15 +1356,19 @@ class Tracker:
         of what was left visible lies inside the neighbour's equivalent disk, which two
         particles side by side (a small one dissolving next to a large one: ripening)
         never do, as their disks do not overlap."""
-        hidden = np.zeros(len(rows), dtype=bool)
         cfg = self.config
-        for k, r in enumerate(rows.tolist()):  # a few collapsed tracks per frame at most
-            if self._hits[r] < cfg.confirm_hits:
-                continue  # a young track that collapsed: a fragment, not a particle hidden
-            nb = np.flatnonzero((self._seen == self._seen[r]) & (self._hits >= cfg.confirm_hits))
-            nb = nb[nb != r]
-            dist = np.hypot(*(self._pos[nb] - self._pos[r]).T)
-            hidden[k] = bool(np.any(dist < self._diam[nb] / 2))
+        hidden = np.zeros(len(rows), dtype=bool)
+        # a young track that collapsed is a fragment, not a particle hidden
+        old = np.flatnonzero(self._hits[rows] >= cfg.confirm_hits)
+        nb = np.flatnonzero(self._hits >= cfg.confirm_hits)
+        diam = np.nan_to_num(self._diam[nb])
+        if len(old) == 0 or len(nb) < 2 or not diam.max() > 0:
+            return hidden
+        r = rows[old]
+        i, j, dist = _pairs_within(self._pos[r], self._pos[nb], float(diam.max()) / 2)
+        nj = nb[j]
+        ok = (dist < diam[j] / 2) & (nj != r[i]) & (self._seen[nj] == self._seen[r[i]])
+        hidden[old[np.unique(i[ok])]] = True
         return hidden
 
     def _confirm_merges(self, frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events):
