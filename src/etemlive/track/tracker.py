@@ -28,13 +28,16 @@ One frame, in order:
 5. events: a track lost next to a detection that now covers it (mask overlap, or centres
    within the sum of the radii plus the particle's own recent motion), whose area is
    about the sum of the parts and which grew by part of the lost one's area, is a
-   ``merge`` (the merge product gets a new id by default; a particle that was shrinking
-   away is a ``vanish``, never a merge); a new detection budding off a track that shrank
+   ``merge`` (the merge product gets a new id by default, and is established from birth;
+   a particle that was shrinking away is a ``vanish``, never a merge, unless its visible
+   area collapsed because it went behind another particle: what was left of it lay inside
+   the other's disk); a new detection budding off a track that shrank
    is a ``split``; other new detections ``appear``. A merge needs two established
    parts: a tentative track (seen fewer than ``confirm_hits`` frames: a spurious blob),
    or one born touching a track that shrank at that moment (a fragment: the segmentation
    cut one particle in two), seen as one particle with another track is not a merge: the
-   established track keeps its id and the other track ends (``vanish``); tracks missed for more than
+   established track keeps its id and the other track ends (``vanish``) at once, with no
+   merge-confirmation wait; tracks missed for more than
    ``max_gap_frames`` frames ``vanish`` (gap closing keeps them predicted until then; one
    last seen on the image border waits up to ``edge_gap_frames`` for a re-entry).
 
@@ -196,9 +199,12 @@ class TrackerConfig:
     edge_gap_frames : int
         A track last seen cut by the image border may have left the field of view and
         come back: it is kept this many frames, waiting where it left, and can only be
-        linked again to a detection cut by the border (gate growing as sqrt(gap)).
+        linked again to a detection cut by the border (gate growing as sqrt(gap), at the
+        pace of the track's own steps, at least ``gate_nm``).
     gate_growth_per_gap : float
-        The gate of a track missed for ``m`` frames is ``gate_nm * (1 + growth * m)``.
+        The gate of a track missed for ``m`` frames is ``gate_nm * (1 + growth * m)``, but
+        widened by no more than 6 of the track's own typical steps x sqrt(m) (a particle
+        that stood still is looked for where it stood).
     gap_cost : float
         Added cost per frame a track has been missed (counted up to 3 frames), so a track
         seen in the last frame wins a particle from a stale one.
