@@ -408,6 +408,14 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarr
     return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
 
 
+def _compact(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(idx, return_inverse=True)`` for indices in ``[0, n)``, by a lookup table
+    instead of a sort."""
+    used = np.zeros(n, dtype=bool)
+    used[idx] = True
+    return np.flatnonzero(used), (np.cumsum(used) - 1)[idx]
+
+
 def solve_gated_assignment(
     n_rows: int,
     n_cols: int,
@@ -456,8 +464,8 @@ def solve_gated_assignment(
     if single.all():
         return out_r[0], out_c[0]
     rows, cols, costs = rows[~single], cols[~single], costs[~single]
-    r_u, r_inv = np.unique(rows, return_inverse=True)
-    c_u, c_inv = np.unique(cols, return_inverse=True)
+    r_u, r_inv = _compact(rows, n_rows)
+    c_u, c_inv = _compact(cols, n_cols)
     if len(r_u) * len(c_u) <= _DENSE_LIMIT:
         # small remainder: one dense Hungarian is cheaper than finding the blocks
         block = np.full((len(r_u), len(c_u)), limit)
