@@ -440,9 +440,14 @@ def _snap_to_edges(labels: np.ndarray, contrast: np.ndarray, level: float | None
     if level is not None:
         cut = level
         if blur_px > 0:
-            radius = np.sqrt(np.bincount(lab, minlength=n + 1) / math.pi)
-            rim = np.interp(blur_px / np.maximum(radius, 0.5), _RIM_Q, _RIM_LEVEL)
-            cut = np.maximum(level, rim)[lab]
+            # The radius from the area at the lower level is too large; one
+            # refinement with the area after the first cut gets close.
+            area = np.bincount(lab, minlength=n + 1)
+            for _ in range(2):
+                radius = np.sqrt(area / math.pi)
+                rim = np.interp(blur_px / np.maximum(radius, 0.5), _RIM_Q, _RIM_LEVEL)
+                cut = np.maximum(level, rim)[lab]
+                area = np.bincount(lab[u >= cut], minlength=n + 1)
         trimmed = labels.copy()
         trimmed.ravel()[fg[u < cut]] = 0
         return trimmed, level
