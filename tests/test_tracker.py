@@ -969,3 +969,28 @@ def test_update_does_not_modify_the_frame_table(has_track_id):
         assert (step.particles["track_id"] >= 0).all()
         extra = [] if has_track_id else ["track_id"]
         assert list(step.particles.columns) == list(frame.columns) + extra
+
+
+@pytest.mark.parametrize(("others_step_px", "same"), [(3.0, True), (0.0, False)])
+def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same):
+    # a particle seen once on the border, back 15 nm along it 12 frames later: in a movie
+    # whose particles jitter 3 nm per frame it may have wandered that far (same id); in
+    # one where they stand still it cannot (a new particle)
+    rows = []
+    for f in range(20):
+        if f == 3:
+            rows.append((f, 0, 2.0, 50.0, 6.0))
+        elif f >= 15:
+            rows.append((f, 0 if same else 9, 2.0, 65.0, 6.0))
+        for k in range(4):
+            jitter = others_step_px * (1 if (f + k) % 2 else -1)
+            rows.append((f, 1 + k, 40.0 + 30 * k + jitter, 120.0, 6.0))
+    tab = scene(rows)
+    tab["touches_edge"] = tab["x_px"] < 5
+    out = link(
+        tab,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
+    )
+    assert_same_partition(out)

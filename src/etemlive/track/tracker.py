@@ -1232,22 +1232,33 @@ class Tracker:
         # a missed track's gate widens with the gap, by at most gate_growth_per_gap x gate
         # per frame and by at most _GAP_SIGMAS of its own typical steps x sqrt(gap) (a
         # random walk of them): a particle that stood still is looked for where it stood
+        # (a track seen once has no steps yet: it borrows the typical step of the
+        # established tracks, the motion of this movie; none yet: the gap alone widens it)
         m = np.minimum(missed, cfg.max_gap_frames)
-        widen = np.minimum(
-            cfg.gate_growth_per_gap * m, _GAP_SIGMAS * self._step * np.sqrt(m) / cfg.gate_nm
-        )
+        step = self._step
+        moved = self._hits >= 2
+        if not moved[missed > 0].all():
+            known = self._hits >= max(cfg.confirm_hits, 2)
+            step = np.where(moved, step, _median_rows(step[known]) if known.any() else np.inf)
+            moved = np.isfinite(step)
+        widen = cfg.gate_growth_per_gap * m
+        with np.errstate(invalid="ignore"):  # 0 x inf where not moved: not used
+            own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm
+        widen = np.where(moved, np.minimum(widen, own_widen), widen)
         gate = cfg.gate_nm * (1.0 + widen)
         # A track that left the field of view (last seen on the border, missed longer than
         # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap),
-        # at the pace of its own steps (3 sigma) but at least gate_nm: a particle that
-        # barely moved comes back where it left, not 20 nm along the border
+        # at the pace of its own steps (as the gap gate; steps seen while cut by the
+        # border understate its motion, hence the generous factor) but at least gate_nm:
+        # a particle that barely moved comes back where it left, not 20 nm along the border
         exited = missed > cfg.max_gap_frames
         if exited.any():
             pred = np.where(exited[:, None], self._pos, pred)
             root_gap = np.sqrt(np.maximum(missed, 1))
             wide = gate * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
-            own = np.maximum(cfg.gate_nm, 3.0 * self._step * root_gap)
-            gate = np.where(exited, np.minimum(wide, own), gate)
+            with np.errstate(invalid="ignore"):
+                own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step * root_gap)
+            gate = np.where(exited, np.where(moved, np.minimum(wide, own), wide), gate)
         ti, dj, dist = _pairs_within(pred, det, float(gate.max()))
         ok = dist <= gate[ti]
         if exited.any():
