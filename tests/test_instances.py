@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from etemlive.errors import InputError
-from etemlive.segment.instances import maps_to_instances, training_targets
+from etemlive.segment.instances import maps_to_instances, merge_shallow_splits, training_targets
 
 
 def disk_labels(shape, disks):
@@ -100,10 +100,73 @@ def test_maps_to_instances_drops_specks_and_empty():
 
 
 def test_maps_to_instances_no_core_still_one_particle():
+    # confident (prob 0.9) but no pixel above core_threshold 0.5: one particle, unsplit
     prob = np.zeros((12, 12), np.float32)
     prob[3:9, 3:9] = 0.9
-    pred = maps_to_instances(prob, np.zeros_like(prob))
+    dist = np.zeros_like(prob)
+    dist[5:7, 5:7] = 0.4
+    pred = maps_to_instances(prob, dist)
     assert pred.max() == 1 and (pred > 0).sum() == 36
+
+
+@pytest.mark.parametrize(
+    "prob_value, dist_peak, kept",
+    [
+        (0.95, 1.0, True),
+        (0.7, 1.0, False),  # mean probability 0.7 < 0.85: the network is unsure (noise, film grain)
+        (0.95, 0.2, False),  # no pixel reaches distance 0.3: no particle centre
+    ],
+)
+def test_unsure_instances_are_dropped(prob_value, dist_peak, kept):
+    prob = np.zeros((16, 16), np.float32)
+    prob[4:12, 4:12] = prob_value
+    dist = np.zeros_like(prob)
+    dist[7:9, 7:9] = dist_peak
+    assert maps_to_instances(prob, dist, min_mean_prob=0.85, min_peak_distance=0.3).max() == int(kept)
+    # the filters off: always one particle
+    assert maps_to_instances(prob, dist, min_mean_prob=0, min_peak_distance=0).max() == 1
+
+
+@pytest.mark.parametrize(
+    "relief, merged",
+    [
+        ([5, 10, 9, 8], True),  # peaks 10 and 8, saddle min(10, 9) = 9: no dip
+        ([5, 10, 5, 8], True),  # saddle 5 > 8 / 2: dip 3 < 0.5 x 8
+        ([5, 10, 1, 8], False),  # saddle min(10, 1) = 1: dip 7 > 0.5 x 8
+        ([5, 10, 3, 8], False),  # dip 5 > 4
+    ],
+)
+def test_merge_shallow_splits_relative_dip(relief, merged):
+    labels = np.array([[1, 1, 2, 2]], np.int32)
+    out = merge_shallow_splits(labels, np.array([relief], np.int16), 0.5)
+    expected = [[1, 1, 1, 1]] if merged else [[1, 1, 2, 2]]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_merge_shallow_splits_chains_and_keeps_background():
+    # 1-2 merge (shallow), 2-3 merge (shallow), 4 is separated from 3 by a deep dip
+    labels = np.array([[1, 2, 3, 4, 0, 5]], np.int32)
+    relief = np.array([[10, 9, 10, 10, 0, 7]], np.int16)
+    relief_deep = relief.copy()
+    out = merge_shallow_splits(labels, relief, 0.5)
+    np.testing.assert_array_equal(out, [[1, 1, 1, 1, 0, 5]])
+    relief_deep[0, 3] = 2  # 3-4 saddle min(10, 2) = 2, low peak 2: dip 0 -> still merges
+    labels_deep = np.array([[1, 2, 3, 0, 4, 4]], np.int32)
+    out = merge_shallow_splits(labels_deep, np.array([[10, 9, 10, 0, 10, 10]], np.int16), 0.5)
+    np.testing.assert_array_equal(out, [[1, 1, 1, 0, 4, 4]])  # 4 does not touch 3
+
+
+def test_corners_of_a_triangle_are_not_split_off():
+    # A predicted distance map with a main peak and a shallow secondary peak in a corner
+    # (what the network gives on faceted particles): one particle, not two.
+    yy, xx = np.mgrid[:60, :60]
+    mask = (xx >= 5) & (yy >= 5) & (xx + yy <= 60)  # right triangle
+    dist = np.where(mask, 0.9 * np.exp(-((yy - 15) ** 2 + (xx - 15) ** 2) / 60.0), 0.0)
+    tip = 0.6 * np.exp(-((yy - 8) ** 2 + (xx - 45) ** 2) / 8.0)  # shallow core near a corner
+    dist = np.where(mask, np.maximum(dist, np.maximum(tip, 0.45 * (yy < 12))), 0.0).astype(np.float32)
+    prob = np.where(mask, 0.95, 0.02).astype(np.float32)
+    assert maps_to_instances(prob, dist, merge_dynamic=0).max() == 2  # the split before merging
+    assert maps_to_instances(prob, dist).max() == 1
 
 
 def test_maps_to_instances_input_checked_and_not_modified():

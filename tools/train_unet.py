@@ -46,6 +46,9 @@ from etemlive.segment.instances import maps_to_instances, training_targets  # no
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out samples use indices >= this
 SAMPLER = "mix"  # set from --sampler (module level so forked workers see it)
+#: Re-weighting of the training scenes (set from the command line; module level so forked
+#: workers see it). All zero / False = the stage-1 data set, sample for sample.
+RECIPE: dict = {"low_dose_fraction": 0.0, "faceted_fraction": 0.0, "nucleation": False}
 
 
 def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
@@ -59,7 +62,9 @@ def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
     """
     from etemlive.sources import simulate as sim
 
-    scenarios = [s for s in sim.SCENARIOS if s != "nucleation"]
+    # nucleation (tiny particles appearing over a movie) only with --nucleation: it needs
+    # several frames before anything is visible, so it gets 4-8 frames then.
+    scenarios = [s for s in sim.SCENARIOS if s != "nucleation" or RECIPE["nucleation"]]
     for _ in range(20):
         d_nm = float(np.exp(rng.uniform(np.log(1.0), np.log(100.0))))
         d_px = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
@@ -73,6 +78,10 @@ def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
             "carbon_texture_nm": float(rng.uniform(0.3, 3.0)),
             "illumination_gradient": float(rng.uniform(0.0, 0.3)),
         }
+        if params["scenario"] == "nucleation":
+            params["n_frames"] = int(rng.integers(4, 9))
+            params["mean_diameter_nm"] = float(np.clip(d_nm, 1.0, 4.0))
+            params["pixel_size_nm"] = float(np.clip(params["mean_diameter_nm"] / d_px, 0.05, 0.6))
         try:
             frames = list(sim.simulate(sim.SimulationConfig(**params)))  # <= 4 small frames
             frame = frames[-1] if frames else None
@@ -94,7 +103,16 @@ def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.n
     if render is None or SAMPLER == "movie" or (SAMPLER == "mix" and index % 2):
         render = scene_from_movie_simulator
     rng = np.random.default_rng([seed, index])
-    image, labels, _params = render(rng, size_px=tile_px)
+    overrides = {}
+    if render is not scene_from_movie_simulator:
+        # recipe re-weighting from its own stream, so the default recipe is the stage-1 data
+        extra = np.random.default_rng([seed, index, 7])
+        u_dose, u_dose_val, u_solid, u_solid_val = extra.random(4)
+        if u_dose < RECIPE["low_dose_fraction"]:  # 3-30 e-/px, log-uniform
+            overrides["dose_e_per_px"] = float(np.exp(np.log(3.0) + u_dose_val * np.log(10.0)))
+        if u_solid < RECIPE["faceted_fraction"]:
+            overrides["solids"] = ("faceted", "rods", "mixed")[int(u_solid_val * 3)]
+    image, labels, _params = render(rng, size_px=tile_px, **overrides)
     image = np.asarray(image, np.float32)
     if image.shape != (tile_px, tile_px):
         raise ValueError(f"simulator returned shape {image.shape}, expected {(tile_px, tile_px)}")
@@ -121,7 +139,8 @@ def render_pool(seed: int, indices: range, tile_px: int, workers: int):
     return img, fg, dist, labels
 
 
-def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, texture: float = 0.0):
+def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, texture: float = 0.0,
+            grain_max_px: float = 2.5):
     """Dihedral transform, gamma, normalization (as normalize_frame) and noise, on x's device.
 
     x: (B,1,T,T) float32 raw counts; fg, dist: float32 targets. Returns (xn, fg, dist).
@@ -158,11 +177,11 @@ def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, textur
         noise = torch.randn(x.shape, generator=gen_dev, device=dev)
         xn = xn + noise * sigma.view(b, 1, 1, 1)
         if texture > 0:
-            # Grainy background texture of either sign, 0.6-2.5 px grains, over the whole
+            # Grainy background texture of either sign, 0.6-grain_max_px px grains, over the whole
             # frame: real carbon films are grainier than the simulated ones, and a network
             # that never saw such grains calls the bright ones dark-field particles.
             amp = torch.rand(b, generator=gen) * texture * (torch.rand(b, generator=gen) < 0.5)
-            grain_px = float(torch.empty(1).uniform_(0.6, 2.5, generator=gen))
+            grain_px = float(torch.empty(1).uniform_(0.6, grain_max_px, generator=gen))
             tex = gaussian_blur(torch, torch.randn(x.shape, generator=gen_dev, device=dev), grain_px)
             tex = tex / tex.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             xn = xn + tex * amp.to(dev).view(b, 1, 1, 1)
@@ -198,6 +217,8 @@ def train(args: argparse.Namespace) -> dict:
 
     global SAMPLER
     SAMPLER = args.sampler
+    RECIPE.update(low_dose_fraction=args.low_dose_fraction, faceted_fraction=args.faceted_fraction,
+                  nucleation=args.nucleation)
 
     from etemlive.segment.unet import (
         UNet,
@@ -207,6 +228,8 @@ def train(args: argparse.Namespace) -> dict:
         segmentation_loss,
     )
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -256,7 +279,8 @@ def train(args: argparse.Namespace) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, args.samples, (args.batch,), generator=gen).to(device)
-        xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev, texture=args.texture)
+        xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev, texture=args.texture,
+                                 grain_max_px=args.grain_max_px)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         model.train()
@@ -272,6 +296,10 @@ def train(args: argparse.Namespace) -> dict:
             curve.append(rec)
             if step % args.log_every == 0:
                 print(json.dumps(rec), flush=True)
+        if args.save_every and step and step % args.save_every == 0:
+            # an interim copy to evaluate while a long CPU run goes on (same format, meta says so)
+            save_weights(model, Path(args.out).with_suffix(".partial.pt"),
+                         meta={"partial_step": step, "init": args.init})
     steps_done = step + 1
     train_s = time.perf_counter() - t_train
 
@@ -279,7 +307,9 @@ def train(args: argparse.Namespace) -> dict:
     meta = {
         "seed": args.seed, "steps": steps_done, "batch": args.batch, "tile_px": args.tile,
         "samples": args.samples, "lr": args.lr, "texture": args.texture, "init": args.init,
-        "sampler": args.sampler, "device": _device_name(torch, device),
+        "sampler": args.sampler, "grain_max_px": args.grain_max_px,
+        "low_dose_fraction": args.low_dose_fraction, "faceted_fraction": args.faceted_fraction,
+        "nucleation": args.nucleation, "threads": args.threads, "device": _device_name(torch, device),
         "train_s": round(train_s, 1), "render_s": round(t_data, 1),
         "parameters": count_parameters(model), "torch": str(torch.__version__),
         "python": platform.python_version(), "eval": ev,
@@ -346,9 +376,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="max amplitude of the grainy-texture augmentation (normalized units; 0 = off)")
     p.add_argument("--sampler", choices=("mix", "training", "movie"), default="mix",
                    help="scenes: render_training_sample, simulate() movie frames, or both alternating")
+    p.add_argument("--grain-max-px", type=float, default=2.5,
+                   help="largest grain (Gaussian sigma, px) of the texture augmentation")
+    p.add_argument("--low-dose-fraction", type=float, default=0.0,
+                   help="share of render_training_sample scenes forced to 3-30 e-/px")
+    p.add_argument("--faceted-fraction", type=float, default=0.0,
+                   help="share of render_training_sample scenes forced to faceted / rods / mixed solids")
+    p.add_argument("--nucleation", action="store_true",
+                   help="also draw movie frames of the nucleation scenario (tiny particles)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--init", default="", help="start from these weights (fine-tuning)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this training time (0 = off)")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also write <out>.partial.pt every this many steps (0 = off)")
     p.add_argument("--out", default=str(ROOT / "engines" / "unet.pt"))
     p.add_argument("--log", default="", help="write the loss curve and metadata (json) here")
     args = p.parse_args(argv)
