@@ -323,7 +323,12 @@ def _pixel_noise(image: np.ndarray) -> float:
     d = (image[::8, 1:] - image[::8, :-1]).ravel()
     # Horizontal neighbour differences: std * sqrt(2) of white noise, edges rare.
     med = np.median(d)
-    return 1.4826 * float(np.median(np.abs(d - med))) / math.sqrt(2.0)
+    mad = float(np.median(np.abs(d - med)))
+    if mad == 0.0:
+        # Sparse counts (dark field at low dose: mostly 0 e-/px) make the MAD
+        # 0, and their noise is far from Gaussian: the plain std it is.
+        return float(np.std(d)) / math.sqrt(2.0)
+    return 1.4826 * mad / math.sqrt(2.0)
 
 
 def _contrast_to_noise(noise: float, small_flat: np.ndarray,
