@@ -139,6 +139,32 @@ def test_retrain_reproduces_loss_curve_start(tmp_path):
     assert l3 != l1  # another seed draws other data
 
 
+def test_training_recipe_reweights_scenes_and_default_is_stage_one():
+    sim = pytest.importorskip("etemlive.sources.simulate")
+    if not hasattr(sim, "render_training_sample"):
+        pytest.skip("the simulator has no render_training_sample yet")
+    sys.path.insert(0, str(TOOLS))
+    import train_unet
+
+    saved = dict(train_unet.RECIPE)
+    try:
+        # default recipe: even samples are exactly render_training_sample([seed, i])
+        img, _, _, lab = train_unet.render_sample(0, 2, 64)
+        ref_img, ref_lab, _ = sim.render_training_sample(np.random.default_rng([0, 2]), size_px=64)
+        np.testing.assert_array_equal(img, ref_img)
+        np.testing.assert_array_equal(lab, ref_lab)
+        # every scene forced to <= 30 e-/px (x <= 1.5 illumination gradient): mean counts < 45;
+        # the same scenes at their drawn doses (3-3000 e-/px) go above that
+        idx = (0, 2, 4, 6)
+        assert max(float(train_unet.render_sample(0, i, 64)[0].mean()) for i in idx) > 45.0
+        train_unet.RECIPE.update(low_dose_fraction=1.0)
+        assert max(float(train_unet.render_sample(0, i, 64)[0].mean()) for i in idx) < 45.0
+        assert train_unet.render_sample(0, 2, 64)[0].tobytes() != ref_img.tobytes()
+    finally:
+        train_unet.RECIPE.clear()
+        train_unet.RECIPE.update(saved)
+
+
 def test_fold_batchnorm_same_function():
     from etemlive.segment.unet import fold_batchnorm
 
