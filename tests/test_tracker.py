@@ -994,3 +994,19 @@ def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same
         config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
     )
     assert_same_partition(out)
+
+
+def test_pieces_lying_apart_within_the_old_footprint_are_fragments_not_particles():
+    # a 14 nm particle seen as two 6 nm pieces 11 nm apart for 5 frames (farther apart
+    # than their own radii, but inside the particle as last seen whole), then whole again:
+    # the pieces were fragments, not two particles merging
+    rows = [(f, 0, 40.0, 40.0, 14.0) for f in range(5)]
+    for f in range(5, 10):
+        rows += [(f, 0, 35.0, 40.0, 6.0), (f, 1, 46.0, 40.0, 6.0)]
+    rows += [(f, 0, 40.0, 40.0, 14.0) for f in range(10, 16)]
+    out, events, _ = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_no_id_twice_per_frame(out)
+    assert out.loc[out["truth"] == 0, "track_id"].nunique() == 1
+    assert "merge" not in set(events["kind"])
+    piece = out.loc[out["truth"] == 1, "track_id"].iloc[0]
+    assert events.loc[events["kind"] == "vanish", "track_ids"].tolist() == [str(piece)]

@@ -1470,8 +1470,9 @@ class Tracker:
         self, new_ids, new_det, det, diam, area, det_track, det_is_new, m_t, m_d
     ) -> None:
         """Remember, for each newborn track, a linked track whose particle it touches
-        (centres within the sum of the radii) and which shrank as it was born: most likely
-        a fragment of that particle (over-segmentation at low dose), see :meth:`_rejoin`."""
+        (centres within the sum of the radii, the track's as now or as last seen, whole)
+        and which shrank as it was born: most likely a fragment of that particle
+        (over-segmentation at low dose), see :meth:`_rejoin`."""
         row_of_det = np.full(len(det), -1, dtype=np.int64)
         row_of_det[m_d] = m_t
         old = np.flatnonzero((det_track >= 0) & ~det_is_new & (row_of_det >= 0))
@@ -1484,6 +1485,11 @@ class Tracker:
         idx = np.asarray(idx).reshape(len(new_det), k)
         reach = diam[new_det][:, None] / 2 + diam[old[idx]] / 2
         near = dist <= reach
+        # or within the footprint the particle had when last seen (before it came apart,
+        # its pieces may lie wider apart than their own radii)
+        rows_k = row_of_det[old[idx]]
+        prev = np.hypot(*np.moveaxis(det[new_det][:, None, :] - self._pos[rows_k], -1, 0))
+        near |= prev <= diam[new_det][:, None] / 2 + self._diam[rows_k] / 2
         has = near.any(axis=1)
         col = np.argmax(near, axis=1)  # nearest touching one
         touched = det_track[old[idx[np.arange(len(new_det)), col]]]
