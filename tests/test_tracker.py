@@ -1010,3 +1010,16 @@ def test_pieces_lying_apart_within_the_old_footprint_are_fragments_not_particles
     assert "merge" not in set(events["kind"])
     piece = out.loc[out["truth"] == 1, "track_id"].iloc[0]
     assert events.loc[events["kind"] == "vanish", "track_ids"].tolist() == [str(piece)]
+
+
+def test_a_particle_measured_larger_with_no_neighbour_is_followed_not_frozen():
+    # a still particle starts moving 4 nm/frame while its size is over-measured (x1.4) for
+    # three frames: with no other particle lost next to it this is not a blob of two, so
+    # the track follows it (a frozen track would be 12 nm behind by frame 7)
+    rows = [(f, 0, 20.0, 20.0, 6.0) for f in range(5)]
+    rows += [(f, 0, 20.0 + 4 * (f - 4), 20.0, 8.5) for f in range(5, 8)]
+    rows += [(f, 0, 36.0, 20.0, 6.0) for f in range(8, 12)]
+    rows += [(f, 1, 80.0, 80.0, 6.0) for f in range(12)]
+    out, events, _ = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_same_partition(out)
+    assert len(events) == 0

@@ -1107,6 +1107,11 @@ class Tracker:
             # particle itself, last seen too small (a fragment; low-dose size noise)
             & (self._blob_run[m_t] < max(cfg.merge_confirm_frames, 1))
         )
+        if blob.any():
+            # a blob covers another particle: a track lost in this frame touching it (with
+            # none, the jump in size is the particle itself measured larger: low-dose noise)
+            b = np.flatnonzero(blob)
+            blob[b] = self._touches_lost(det[m_d[b]], diam[m_d[b]], pred, ~matched & ~ended)
         pend = self._pend_into[self._pend_into >= 0]
         if len(pend):
             blob |= np.isin(self._ids[m_t], pend) & keep_m
@@ -1453,6 +1458,21 @@ class Tracker:
                 self._merged_into[int(self._ids[p])] = into
         self._pend_into[parts] = -1
         events.append((event_frame, "merge", " ".join(map(str, part_ids)), into))
+
+    def _touches_lost(
+        self, pos: np.ndarray, diam: np.ndarray, pred: np.ndarray, lost: np.ndarray
+    ) -> np.ndarray:
+        """For each detection (``pos``, ``diam``, nm), whether a ``lost`` track's predicted
+        particle touches it (centres within the sum of the radii plus twice the track's
+        typical step)."""
+        rows = np.flatnonzero(lost)
+        if len(rows) == 0:
+            return np.zeros(len(pos), dtype=bool)
+        r_lost = np.nan_to_num(self._diam[rows]) / 2 + 2 * self._step[rows]
+        radius = float(np.nanmax(diam, initial=0.0)) / 2 + float(r_lost.max())
+        i, j, dist = _pairs_within(pos, pred[rows], radius)
+        ok = dist <= diam[i] / 2 + r_lost[j]
+        return np.bincount(i[ok], minlength=len(pos)) > 0
 
     def _roots(self, parts: list[int]) -> list[int]:
         """The rows among ``parts`` that are particles of their own: established tracks (a
