@@ -255,9 +255,9 @@ class TrackerConfig:
         at once); the event keeps the frame the merge was first seen, the merge product's
         new id starts when it is confirmed.
     blob_area_ratio : float
-        A detection more than this many times the area of the track linked to it is taken
-        as a blob (touching particles seen as one): the track keeps its own position and
-        size instead of being updated with it.
+        A detection more than this many times the area of the track linked to it, touching
+        a track lost in the same frame, is taken as a blob (touching particles seen as
+        one): the track keeps its own position and size instead of being updated with it.
         For at most ``merge_confirm_frames`` frames in a row (unless a merge into it is
         pending): a "blob" that lasts longer is the particle, last seen too small.
     vanish_fraction : float
