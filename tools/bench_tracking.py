@@ -364,7 +364,7 @@ def run(quick: bool = False) -> str:
         + ("quick: " if quick else "")
         + f"{n_frames} frames of 512x512 per scenario, seed 0, 0.5 nm/px, 0.5 s/frame; "
         "`liquid` with 1 px/frame stage drift, the others 0.3 px/frame). Default "
-        "`TrackerConfig` (gate 10 nm, max gap 5 frames) and Kalman model. ms/frame is CPU time "
+        "`TrackerConfig` (gate 10 nm, max gap 6 frames) and Kalman model. ms/frame is CPU time "
         "of this process (`time.process_time`), which the other jobs sharing this 2-core box "
         "disturb far less than wall-clock time; both trackers are timed the same way.",
         "",

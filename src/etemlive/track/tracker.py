@@ -274,7 +274,7 @@ class TrackerConfig:
     """
 
     gate_nm: float = 10.0
-    max_gap_frames: int = 5
+    max_gap_frames: int = 6
     edge_gap_frames: int = 50
     gate_growth_per_gap: float = 0.5
     gap_cost: float = 0.3
