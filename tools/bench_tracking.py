@@ -336,15 +336,17 @@ def _monet(quick: bool) -> list[str]:
                 f"| {spacing:g} | etemlive (gate {gate:g} px) | {s.idf1:.4f} | {s.mota:.4f} "
                 f"| {s.id_switches} | {ms:.1f} |"
             )
-            tp_out, tp_ms = _trackpy(table, gate, 5)
+            memory = TrackerConfig().max_gap_frames
+            tp_out, tp_ms = _trackpy(table, gate, memory)
             if tp_out is None:
                 rows.append(
-                    f"| {spacing:g} | trackpy (search {gate:g} px, memory 5) | failed: {tp_ms} | | | |"
+                    f"| {spacing:g} | trackpy (search {gate:g} px, memory {memory}) "
+                    f"| failed: {tp_ms} | | | |"
                 )
                 continue
             s2 = mot_metrics(tp_out, table, radius_px=0.5)
             rows.append(
-                f"| {spacing:g} | trackpy (search {gate:g} px, memory 5) | {s2.idf1:.4f} "
+                f"| {spacing:g} | trackpy (search {gate:g} px, memory {memory}) | {s2.idf1:.4f} "
                 f"| {s2.mota:.4f} | {s2.id_switches} | {tp_ms:.1f} |"
             )
     return rows
