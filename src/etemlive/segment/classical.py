@@ -23,7 +23,7 @@ The pipeline of the seeds, made scale-aware and fast enough for live use:
    is smoothed again with sigma scaled by the shortfall (at most 1.6x) and
    thresholded anew. Measured on simulator seeds 4000-4001 (512^2, 10 e-/px):
    mean F1 over the six scenarios 0.61 -> 0.73; at 100 and 1000 e-/px the
-   first pass already clears the target, so those frames are unchanged.
+   first pass already clears the target and the second is not run.
    Chosen over a larger constant (sigma = 4.5 / c), which also helped at
    low dose but cost nucleation (tiny nuclei) and coalescence (narrow gaps)
    up to 0.06 F1 at the default dose.
