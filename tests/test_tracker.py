@@ -854,9 +854,10 @@ def test_a_particle_hidden_behind_another_before_merging_is_a_merge(remnant_x, k
 
 
 def test_a_merge_product_merging_again_soon_is_a_merge():
-    # A + B -> P at frame 8 (confirmed at 10: P's new id starts then); C touches P at
-    # frame 10 and is one with it from frame 11 (Q): P, a merge product, is a particle of
-    # its own from birth, so this is a second merge, not a fragment rejoining
+    # A + B -> P at frame 8 (confirmed at 10 with a 3-frame confirmation: P's new id
+    # starts then); C touches P at frame 10 and is one with it from frame 11 (Q): P, a
+    # merge product, is a particle of its own from birth, so this is a second merge, not
+    # a fragment rejoining
     rows = []
     for f in range(8):
         rows += [(f, 0, 20 + 2 * f, 50, 10.0), (f, 1, 60 - 2 * f, 50, 10.0)]
@@ -866,7 +867,12 @@ def test_a_merge_product_merging_again_soon_is_a_merge():
         rows.append((f, 2, 40.0, 62.0 + 2 * (10 - f), 10.0))
     for f in range(11, 18):
         rows.append((f, 4, 40.0, 52.0, 15.0))
-    out, events, tracks = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    out, events, tracks = link_with_events(
+        scene(rows),
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(merge_confirm_frames=3),
+    )
     assert_no_id_twice_per_frame(out)
     merges = events[events["kind"] == "merge"]
     assert merges["frame"].tolist() == [8, 11]

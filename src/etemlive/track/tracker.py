@@ -289,7 +289,7 @@ class TrackerConfig:
     merge_area_min: float = 0.55
     merge_margin_nm: float = 0.0
     merge_growth_min: float = 0.5
-    merge_confirm_frames: int = 3
+    merge_confirm_frames: int = 2
     blob_area_ratio: float = 1.6
     vanish_fraction: float = 0.3
     split_shrink: float = 0.85
