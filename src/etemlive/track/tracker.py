@@ -408,6 +408,17 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarr
     return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
 
 
+def _nearest(points: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest ``points`` of each query, as ``cKDTree(points).query(queries, k)``
+    (distances, indices; shape (n, k)): brute force for small sets (no tree to build)."""
+    if len(points) * len(queries) > 16384:
+        dist, idx = cKDTree(points).query(queries, k=k)
+        return np.asarray(dist).reshape(len(queries), k), np.asarray(idx).reshape(len(queries), k)
+    d = np.hypot(queries[:, None, 0] - points[None, :, 0], queries[:, None, 1] - points[None, :, 1])
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, axis=1), idx
+
+
 def _compact(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(idx, return_inverse=True)`` for indices in ``[0, n)``, by a lookup table
     instead of a sort."""
@@ -1329,7 +1340,7 @@ class Tracker:
         r_det = diam / 2
         r_i = self._diam[cand] / 2
         k = min(3, len(det))
-        dist, idx = cKDTree(det).query(pred[cand], k=k)
+        dist, idx = _nearest(det, pred[cand], k)
         dist = np.asarray(dist).reshape(len(cand), k)
         idx = np.asarray(idx).reshape(len(cand), k)
         ci = np.repeat(cand, k)
