@@ -167,6 +167,24 @@ def _values(column: pd.Series, dtype: type) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=dtype)
 
 
+def _frame_columns(df: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
+    """The columns :meth:`Tracker._advance` reads, as arrays (None where absent): x_px,
+    y_px, diameter_nm, area_nm2 (float), touches_edge (bool), label (int64), time_s."""
+
+    def col(name: str, dtype: type) -> np.ndarray | None:
+        return _values(df[name], dtype) if name in df.columns else None
+
+    return (
+        col("x_px", float),
+        col("y_px", float),
+        col("diameter_nm", float),
+        col("area_nm2", float),
+        col("touches_edge", bool),
+        col("label", np.int64),
+        col("time_s", float),
+    )
+
+
 def _median_rows(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
     s = np.sort(a, axis=0)
@@ -826,12 +844,6 @@ class Tracker:
         self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
 
-    @staticmethod
-    def _column(df: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
-        if name in df.columns:
-            return _values(df[name], float)
-        return np.full(n, default)
-
     # ---------------------------------------------------------------- drift
     def _drift_from_image(self, image: np.ndarray | None, *, needed: bool) -> np.ndarray | None:
         """Phase-correlation drift (nm) from the previous image to this one, or None.
@@ -936,44 +948,66 @@ class Tracker:
         missing = [c for c in ("x_px", "y_px") if c not in particles.columns]
         if missing:
             raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
-        cfg = self.config
-        n_rows = len(particles)
         frame_idx = self._frame_index(particles, frame)
+        track_col, events = self._advance(
+            frame_idx, *_frame_columns(particles), labels=labels, image=image
+        )
+        # a shallow copy: the track_id column set here is a new array, the caller's table
+        # is not modified (and its other columns are not copied every frame)
+        out = particles.copy(deep=False)
+        loc = out.columns.get_loc("track_id") if "track_id" in out.columns else None
+        if isinstance(loc, int):
+            out.isetitem(loc, track_col)  # a new array, not written into the caller's
+        else:
+            out["track_id"] = track_col
+        return TrackStep(out, _events_frame(events), (float(self._drift[0]), float(self._drift[1])))
+
+    def _advance(
+        self,
+        frame_idx: int,
+        x_px: np.ndarray,
+        y_px: np.ndarray,
+        diameter_nm: np.ndarray | None,
+        area_nm2: np.ndarray | None,
+        touches_edge: np.ndarray | None,
+        label: np.ndarray | None,
+        time_s: np.ndarray | None,
+        *,
+        labels: np.ndarray | None,
+        image: np.ndarray | None,
+    ) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
+        """One frame on plain arrays (one value per row of the frame's table; None for a
+        missing optional column): the track id of every row (-1 for NaN coordinates) and
+        the events found. :meth:`update` and :func:`link_with_events` call it."""
+        cfg = self.config
+        n_rows = len(x_px)
         steps = 1 if self._last_frame is None else frame_idx - self._last_frame
         prev_frame = -1 if self._last_frame is None else self._last_frame
         self._last_frame = frame_idx
         if self._first_frame is None:
             self._first_frame = frame_idx
 
-        # a shallow copy: the track_id column set below is a new array, the caller's table
-        # is not modified (and its other columns are not copied every frame)
-        out = particles.copy(deep=False)
         track_col = np.full(n_rows, -1, dtype=np.int64)
-        xy = np.column_stack(
-            [
-                self._column(particles, "x_px", np.nan, n_rows),
-                self._column(particles, "y_px", np.nan, n_rows),
-            ]
-        )
+        xy = np.column_stack([x_px, y_px])
         valid = np.isfinite(xy).all(axis=1)
         self.n_dropped_nan += int(n_rows - valid.sum())
         rows = np.flatnonzero(valid)
         det_raw = xy[rows] * self.pixel_size_nm
-        diam = self._column(particles, "diameter_nm", np.nan, n_rows)[rows]
-        area = self._column(particles, "area_nm2", np.nan, n_rows)[rows]
+        diam = diameter_nm[rows] if diameter_nm is not None else np.full(len(rows), np.nan)
+        area = area_nm2[rows] if area_nm2 is not None else np.full(len(rows), np.nan)
         # sizes: fill whichever of diameter / area is missing from the other
         area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
         diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
-        if "touches_edge" in particles.columns:
-            det_edge = _values(particles["touches_edge"], bool)[rows]
+        if touches_edge is not None:
+            det_edge = touches_edge[rows]
         else:
             det_edge = np.zeros(len(rows), dtype=bool)
-        if "label" in particles.columns:
-            det_label = _values(particles["label"], np.int64)[rows]
+        if label is not None:
+            det_label = label[rows]
         else:
             det_label = np.zeros(len(rows), dtype=np.int64)
-        if "time_s" in particles.columns and n_rows:
-            time_s = _values(particles["time_s"], float)[rows]
+        if time_s is not None and n_rows:
+            time_s = time_s[rows]
         else:
             time_s = np.full(len(rows), frame_idx * self._dt)
 
@@ -987,7 +1021,7 @@ class Tracker:
         pred = self._x[:, :2]
 
         # 2. drift since the previous frame, nm
-        use_labels = labels is not None and "label" in particles.columns
+        use_labels = labels is not None and label is not None
         prev_seen = int(np.count_nonzero(self._seen == prev_frame)) if len(self._seen) else 0
         d_inc = self._drift_from_image(image, needed=prev_seen < max(cfg.min_drift_matches, 1))
         drift_from_image = d_inc is not None
@@ -1172,11 +1206,6 @@ class Tracker:
 
         # 7. outputs
         track_col[rows] = det_track
-        loc = out.columns.get_loc("track_id") if "track_id" in out.columns else None
-        if isinstance(loc, int):
-            out.isetitem(loc, track_col)  # a new array, not written into the caller's
-        else:
-            out["track_id"] = track_col
         with self._lock:
             self._hist.append(
                 (
@@ -1195,7 +1224,7 @@ class Tracker:
         else:
             self._prev_labels = None
         self.n_frames += 1
-        return TrackStep(out, _events_frame(events), (float(self._drift[0]), float(self._drift[1])))
+        return track_col, events
 
     def _frame_index(self, particles: pd.DataFrame, frame: int | None) -> int:
         if "frame" in particles.columns and len(particles):
@@ -1854,29 +1883,26 @@ def link_with_events(
         if len(order)
         else np.zeros(1, int)
     )
+    missing = [c for c in ("x_px", "y_px") if c not in table.columns]
+    if missing:
+        raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
+    # the columns are read once and each frame's rows taken from the arrays (no per-frame
+    # DataFrame slicing); outputs are built once at the end
+    columns = _frame_columns(table)
     track_id = np.full(len(table), -1, dtype=np.int64)
-    event_parts = []
+    event_rows: list[tuple[int, str, str, int]] = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         pos = order[a:b]
         f = int(sorted_frames[a])
         lab = labels[f] if labels is not None else None
         img = images[f] if images is not None else None
-        step = tr.update(table.iloc[pos], labels=lab, image=img, frame=f)
-        track_id[pos] = step.particles["track_id"].to_numpy()
-        if len(step.events):
-            event_parts.append(step.events)
-    end = tr.finish()
-    if len(end):
-        event_parts.append(end)
+        rows = [None if c is None else c[pos] for c in columns]
+        track_id[pos], found = tr._advance(f, *rows, labels=lab, image=img)
+        event_rows.extend(found)
+    events = pd.concat([_events_frame(event_rows), tr.finish()], ignore_index=True)
     out = table.copy()
     out["track_id"] = track_id
-    events = (
-        pd.concat(event_parts, ignore_index=True)
-        .sort_values("frame", kind="stable")
-        .reset_index(drop=True)
-        if event_parts
-        else _empty_events()
-    )
+    events = events.sort_values("frame", kind="stable").reset_index(drop=True)
     return out, events.astype(EVENT_COLUMNS), tr.tracks_table()
 
 
