@@ -1029,3 +1029,15 @@ def test_a_particle_measured_larger_with_no_neighbour_is_followed_not_frozen():
     out, events, _ = link_with_events(scene(rows), pixel_size_nm=PX_NM, frame_interval_s=0.5)
     assert_same_partition(out)
     assert len(events) == 0
+
+
+def test_link_gives_the_track_ids_of_link_with_events_and_of_update():
+    tab = _hiding_scene(45.0)
+    kw = dict(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    out = link(tab, **kw)
+    out2, events, _ = link_with_events(tab, **kw)
+    pd.testing.assert_frame_equal(out, out2)
+    tracker = Tracker(**kw)
+    live = pd.concat([tracker.update(g).particles for _, g in tab.groupby("frame")])
+    np.testing.assert_array_equal(live["track_id"].to_numpy(), out["track_id"].to_numpy())
+    assert events["kind"].tolist() == ["merge"]

@@ -1835,6 +1835,46 @@ def track_frames(
         yield TrackStep(empty, end, (float(tr._drift[0]), float(tr._drift[1])))
 
 
+def _link_frames(
+    tr: Tracker,
+    table: pd.DataFrame,
+    labels: Sequence[np.ndarray] | np.ndarray | None,
+    images: Sequence[np.ndarray] | np.ndarray | None,
+) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
+    """Feed a whole table to ``tr`` frame by frame: track id per row (table order) and the
+    events found (before ``finish``). The columns are read once and each frame's rows
+    taken from the arrays (no per-frame DataFrame slicing)."""
+    if "frame" not in table.columns:
+        raise InputError("particle table lacks column 'frame'")
+    frames = table["frame"].to_numpy()
+    if len(frames) and not np.issubdtype(frames.dtype, np.integer):
+        if not np.all(np.isfinite(frames.astype(float))):
+            raise InputError("column 'frame' has missing values")
+        frames = frames.astype(np.int64)
+    order = np.argsort(frames, kind="stable")
+    sorted_frames = frames[order]
+    bounds = (
+        np.flatnonzero(np.r_[True, sorted_frames[1:] != sorted_frames[:-1], True])
+        if len(order)
+        else np.zeros(1, int)
+    )
+    missing = [c for c in ("x_px", "y_px") if c not in table.columns]
+    if missing:
+        raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
+    columns = _frame_columns(table)
+    track_id = np.full(len(table), -1, dtype=np.int64)
+    event_rows: list[tuple[int, str, str, int]] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        pos = order[a:b]
+        f = int(sorted_frames[a])
+        lab = labels[f] if labels is not None else None
+        img = images[f] if images is not None else None
+        rows = [None if c is None else c[pos] for c in columns]
+        track_id[pos], found = tr._advance(f, *rows, labels=lab, image=img)
+        event_rows.extend(found)
+    return track_id, event_rows
+
+
 def link_with_events(
     table: pd.DataFrame,
     *,
@@ -1866,39 +1906,10 @@ def link_with_events(
     tracks : DataFrame
         tracks.csv rows.
     """
-    if "frame" not in table.columns:
-        raise InputError("particle table lacks column 'frame'")
     tr = Tracker(
         config, motion_model, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
     )
-    frames = table["frame"].to_numpy()
-    if len(frames) and not np.issubdtype(frames.dtype, np.integer):
-        if not np.all(np.isfinite(frames.astype(float))):
-            raise InputError("column 'frame' has missing values")
-        frames = frames.astype(np.int64)
-    order = np.argsort(frames, kind="stable")
-    sorted_frames = frames[order]
-    bounds = (
-        np.flatnonzero(np.r_[True, sorted_frames[1:] != sorted_frames[:-1], True])
-        if len(order)
-        else np.zeros(1, int)
-    )
-    missing = [c for c in ("x_px", "y_px") if c not in table.columns]
-    if missing:
-        raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
-    # the columns are read once and each frame's rows taken from the arrays (no per-frame
-    # DataFrame slicing); outputs are built once at the end
-    columns = _frame_columns(table)
-    track_id = np.full(len(table), -1, dtype=np.int64)
-    event_rows: list[tuple[int, str, str, int]] = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        pos = order[a:b]
-        f = int(sorted_frames[a])
-        lab = labels[f] if labels is not None else None
-        img = images[f] if images is not None else None
-        rows = [None if c is None else c[pos] for c in columns]
-        track_id[pos], found = tr._advance(f, *rows, labels=lab, image=img)
-        event_rows.extend(found)
+    track_id, event_rows = _link_frames(tr, table, labels, images)
     events = pd.concat([_events_frame(event_rows), tr.finish()], ignore_index=True)
     out = table.copy()
     out["track_id"] = track_id
@@ -1916,13 +1927,12 @@ def link(
     labels: Sequence[np.ndarray] | np.ndarray | None = None,
     images: Sequence[np.ndarray] | np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """A copy of ``table`` with ``track_id`` filled (see :func:`link_with_events`)."""
-    return link_with_events(
-        table,
-        pixel_size_nm=pixel_size_nm,
-        frame_interval_s=frame_interval_s,
-        config=config,
-        motion_model=motion_model,
-        labels=labels,
-        images=images,
-    )[0]
+    """A copy of ``table`` with ``track_id`` filled, as :func:`link_with_events` gives it
+    (without building the events and tracks tables)."""
+    tr = Tracker(
+        config, motion_model, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+    )
+    track_id, _ = _link_frames(tr, table, labels, images)
+    out = table.copy()
+    out["track_id"] = track_id
+    return out
