@@ -401,7 +401,7 @@ class TrackStep:
 # Assignment on sparse gated blocks
 # --------------------------------------------------------------------------------------
 #: Below this many cells (rows x columns involved), one dense assignment beats blocking.
-_DENSE_LIMIT = 4096
+_DENSE_LIMIT = 16384
 
 
 def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
