@@ -14,7 +14,9 @@
     components, so touching particles sharing one mask region count as one; no
     pixel size: scored in px at 1 nm/px) and ``ardagen_catalysts`` (TEM / HAADF,
     YOLO boxes: predicted instances' bounding boxes matched to the boxes at box
-    IoU >= 0.5; sizes = mean box side, px).
+    IoU >= 0.5; sizes = mean box side, px), and ``samem_nanorod`` (12 very
+    noisy liquid-cell frames with spatially correlated noise, one nanorod per
+    frame, masks -> instances by connected components, scored in px like msa).
 
 Any :class:`etemlive.segment.Segmenter` can be put in the same tables:
 ``run(quick, segmenters={"classical": ClassicalSegmenter(), "onnx": ...})``.
@@ -188,7 +190,8 @@ def speed(segmenters: Mapping, *, quick: bool) -> str:
 
 # --------------------------------------------------------------------------- (c)
 def accuracy_real(segmenters: Mapping, *, quick: bool) -> str:
-    """Scores on msa_sintering (masks) and ardagen_catalysts (YOLO boxes)."""
+    """Scores on msa_sintering (masks), ardagen_catalysts (YOLO boxes) and
+    samem_nanorod (masks; correlated noise)."""
     from skimage.io import imread
 
     from etemlive.metrics import aggregate_scores, read_yolo_boxes, score_against_mask, score_boxes
@@ -263,6 +266,42 @@ def accuracy_real(segmenters: Mapping, *, quick: bool) -> str:
                 f"| {_fmt(a['count_error'])} |")
     else:
         lines.append(f"`ardagen_catalysts` not found at {arda}: skipped.")
+
+    samem = SHARED_DATA / "samem_nanorod"
+    if samem.is_dir():
+        images = sorted((samem / "images").glob("*.jpg"))
+        if quick:
+            images = images[:4]
+        lines += [
+            "",
+            f"`samem_nanorod`: {len(images)} consecutive very noisy 1024^2 liquid-cell frames "
+            "(JPEG; spatially correlated noise) of one moving nanorod (~60x25 px), a mask per "
+            "frame; true instances = the mask's connected components; scored in px (1 nm/px), "
+            "IoU >= 0.5, border particles excluded. `pred / frame`: min-max predictions.",
+            "",
+            "| segmenter | frames | true | pred | pred / frame | precision | recall | F1 "
+            "| diameter MAE (px) | diameter rel. err |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, seg in segmenters.items():
+            scores, counts = [], []
+            for p in images:
+                image = imread(p)
+                image = image[..., :3].mean(axis=-1).astype(np.float32) if image.ndim == 3 \
+                    else image
+                mask = imread(samem / "masks" / (p.stem + ".png"))
+                mask = mask.max(axis=-1) if mask.ndim == 3 else mask
+                labels = seg.segment(image, 1.0)
+                counts.append(int(labels.max()))
+                scores.append(score_against_mask(labels, mask > 0, 1.0))
+            a = aggregate_scores(scores)
+            lines.append(
+                f"| {name} | {len(scores)} | {a['n_true']} | {a['n_pred']} "
+                f"| {min(counts)}-{max(counts)} | {_fmt(a['precision'])} | {_fmt(a['recall'])} "
+                f"| {_fmt(a['f1'])} | {_fmt(a['diameter_mae_nm'], 2)} "
+                f"| {_fmt(a['diameter_rel_err'])} |")
+    else:
+        lines.append(f"\n`samem_nanorod` not found at {samem}: skipped.")
     return "\n".join(lines)
 
 

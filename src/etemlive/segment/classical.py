@@ -184,6 +184,8 @@ class ClassicalConfig:
     high_sigma: float = 6.0
     min_seed_sigma: float = 4.0
     min_diameter_nm: float = 1.0
+    false_alarms: float = 0.01
+    significant_fraction: float = 0.5
     smoothing_fraction: float = 0.05
     smoothing_snr: float = 3.0
     target_peak_snr: float = 9.0
@@ -219,6 +221,12 @@ class ClassicalConfig:
                 and 1.0 <= self.max_smoothing_gain <= 8.0):
             raise InputError(f"max_smoothing_gain must be in [1, 8], got "
                              f"{self.max_smoothing_gain!r}")
+        if not (isinstance(self.false_alarms, int | float) and 0 < self.false_alarms <= 100):
+            raise InputError(f"false_alarms must be in (0, 100] noise blobs per frame, got "
+                             f"{self.false_alarms!r}")
+        if not 0 <= self.significant_fraction <= 1:
+            raise InputError(f"significant_fraction must be in [0, 1], got "
+                             f"{self.significant_fraction!r}")
         if not self.watershed_half_res_px > 0:
             raise InputError(f"watershed_half_res_px must be > 0 (inf disables), got "
                              f"{self.watershed_half_res_px!r}")
@@ -370,13 +378,67 @@ def _hysteresis(flat: np.ndarray, low: float, high: float) -> tuple[np.ndarray, 
     return keep[comp].astype(np.uint8), peak[keep]
 
 
+def _roughness(flat: np.ndarray, mode: float, noise: float, mask: np.ndarray) -> float:
+    """Roughness ``lambda`` (1/px^2) of the background noise field of ``flat``.
+
+    ``lambda`` is the variance of a first derivative over the field's variance;
+    from the correlation ``rho(1)`` of neighbouring background pixels (outside
+    ``mask``, within 3 std of ``mode``), assuming a Gaussian correlation
+    ``rho(h) = exp(-lambda h^2 / 2)``: 1 / (2 s^2) for white noise blurred by a
+    Gaussian of sigma ``s``; smaller when the noise itself is correlated
+    (grain, JPEG blocks), i.e. when fewer independent elements fill the frame.
+    """
+    step = 4 if min(flat.shape) >= 256 else 1  # every 4th row / column is plenty
+    dev = flat - np.float32(mode)
+    ok = (mask == 0) & (np.abs(dev) < 3.0 * noise)
+    sums = []
+    for a, b, oa, ob in ((dev[::step, :-1], dev[::step, 1:], ok[::step, :-1], ok[::step, 1:]),
+                         (dev[:-1, ::step], dev[1:, ::step], ok[:-1, ::step], ok[1:, ::step])):
+        both = oa & ob
+        d = (a - b)[both]
+        sums.append((float(np.sum(d.astype(np.float64) ** 2)), int(d.size)))
+    n = sums[0][1] + sums[1][1]
+    if n < 100:
+        return 0.5  # too few background pixels: a 1 px correlation (conservative)
+    var_d = (sums[0][0] + sums[1][0]) / n
+    rho = min(max(1.0 - var_d / (2.0 * noise * noise), 1e-3), 1.0 - 1e-6)
+    return -2.0 * math.log(rho)
+
+
+def _false_alarm_sigma(n_px: float, roughness: float, alarms: float) -> float:
+    """Threshold (noise std) that a smooth Gaussian noise field of ``n_px``
+    pixels and roughness ``roughness`` exceeds ``alarms`` times per frame.
+
+    The expected Euler characteristic of the excursion set above ``t``
+    (random-field theory, Worsley et al. 1996): ``n_px * lambda / (2 pi)^1.5 *
+    t exp(-t^2 / 2) + Q(t)``, i.e. the expected number of noise blobs above
+    ``t``: the number of independent resolution elements sets the level.
+    """
+    resels = n_px * roughness / (2.0 * math.pi) ** 1.5
+
+    def expected(t: float) -> float:
+        return resels * t * math.exp(-0.5 * t * t) + 0.5 * math.erfc(t / math.sqrt(2.0))
+
+    lo, hi = 1.0, 12.0
+    if expected(lo) <= alarms:
+        return lo
+    for _ in range(40):  # bisection; expected() decreases for t >= 1
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if expected(mid) > alarms else (lo, mid)
+    return hi
+
+
 def _detect(oriented: np.ndarray, sigma_px: float, bg_radius_px: float, pixel_noise: float,
-            cfg: ClassicalConfig) -> tuple[float, np.ndarray, float, float, np.ndarray, float]:
+            cfg: ClassicalConfig, seed_sigma: float | None = None
+            ) -> tuple[float, np.ndarray, float, float, np.ndarray, float, np.ndarray, float]:
     """Flatten a smoothed frame (particles bright) and threshold it by hysteresis.
 
-    Returns ``(sigma_px, flat, mode, noise, mask, peak_snr)``: the flattened
-    image, its background level and noise std, the 0/1 particle mask and the
-    median peak contrast of its regions in noise std (inf without regions).
+    Returns ``(sigma_px, flat, mode, noise, mask, peak_snr, peaks_z, alarm_z)``:
+    the flattened image, its background level and noise std, the 0/1 particle
+    mask, the median peak contrast of its regions in noise std (inf without
+    regions), every region's peak in noise std, and the false-alarm level
+    (noise std) of this smoothed frame (see :func:`_false_alarm_sigma`).
+    ``seed_sigma`` (noise std) raises the seed threshold.
     """
     flat = oriented - _background(oriented, bg_radius_px, particles_bright=True)
     # Otsu on the stretched, flattened image; then hysteresis: particles are the
@@ -393,9 +455,61 @@ def _detect(oriented: np.ndarray, sigma_px: float, bg_radius_px: float, pixel_no
     low = mode + cfg.low_sigma * sigma
     # Seeds must clear the noise even where Otsu only splits noise (no particles).
     high = max(min(otsu, mode + cfg.high_sigma * sigma), mode + cfg.min_seed_sigma * sigma, low)
+    if seed_sigma is not None:
+        high = max(high, mode + seed_sigma * sigma)
     mask, peaks = _hysteresis(flat, low, high)
-    peak_snr = float(np.median(peaks) - mode) / sigma if peaks.size else math.inf
-    return sigma_px, flat, mode, sigma, mask, peak_snr
+    peaks_z = (peaks - mode) / sigma
+    peak_snr = float(np.median(peaks_z)) if peaks.size else math.inf
+    alarm_z = _false_alarm_sigma(flat.size, _roughness(flat, mode, sigma, mask),
+                                 cfg.false_alarms)
+    return sigma_px, flat, mode, sigma, mask, peak_snr, peaks_z, alarm_z
+
+
+def _significance_at(img: np.ndarray, sigma_px: float, bg_radius_px: float, bright: bool,
+                     cfg: ClassicalConfig) -> tuple[float, float]:
+    """Peak of the frame smoothed at ``sigma_px`` and its false-alarm level,
+    both in noise std of that smoothed, flattened frame (on an area-averaged
+    copy: cheap); the noise std is measured, so correlations are included."""
+    rows, cols = img.shape
+    factor = max(1, int(sigma_px // 2))  # >= 2 px of blur left at the small scale
+    small = cv2.resize(img, (max(1, cols // factor), max(1, rows // factor)),
+                       interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), sigma_px / factor, borderType=cv2.BORDER_REFLECT)
+    oriented = blurred if bright else -blurred
+    radius = max(bg_radius_px, 4.0 * sigma_px) / factor
+    flat = oriented - _background(oriented, radius, particles_bright=True)
+    mode, noise = _background_noise(flat)
+    weak = (flat > mode + cfg.low_sigma * noise).astype(np.uint8)
+    alarm_z = _false_alarm_sigma(flat.size, _roughness(flat, mode, noise, weak), cfg.false_alarms)
+    return (float(flat.max()) - mode) / noise, alarm_z
+
+
+def _scan_scales(img: np.ndarray, sigma0_px: float, bg_radius_px: float,
+                 polarities: tuple[bool, ...], cfg: ClassicalConfig
+                 ) -> tuple[float, bool, float] | None:
+    """Smoothing scale and polarity at which the frame's strongest blob is most
+    significant against the noise measured at that same scale.
+
+    For correlated noise (grain, JPEG), whose std falls much more slowly with
+    smoothing than white noise's, and whose blobs at a small scale are as
+    strong as small particles. Scales ``sigma0 * 2^k`` up to 1/32 of the frame's
+    short side are tried (:func:`_significance_at`). Returns ``(sigma_px,
+    bright, alarm_z)`` of the largest excess of the peak over its false-alarm
+    level, or None when no scale holds a significant blob. The largest excess
+    is often at a scale larger than the particle (the noise keeps falling):
+    the caller refines the scale from the particle's size.
+    """
+    rows, cols = img.shape
+    max_sigma = min(rows, cols) / 32.0
+    best, best_excess = None, 0.0
+    sigma = sigma0_px * 2.0
+    while sigma <= max_sigma:
+        for bright in polarities:
+            z, alarm_z = _significance_at(img, sigma, bg_radius_px, bright, cfg)
+            if z - alarm_z > best_excess:
+                best, best_excess = (sigma, bright, alarm_z), z - alarm_z
+        sigma *= 2.0
+    return best
 
 
 def _estimate_diameter_px(mask: np.ndarray) -> tuple[float, float]:
@@ -732,14 +846,47 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
         # with sigma). At the default dose the first pass already clears the
         # target, and textured backgrounds (real carbon films) do not average
         # out: nothing changes there.
-        gain = min(cfg.target_peak_snr / found[-1], cfg.max_smoothing_gain)
+        gain = min(cfg.target_peak_snr / found[5], cfg.max_smoothing_gain)
         if gain > _MIN_SMOOTHING_GAIN:
             td = time.perf_counter()
             sigma2 = min(sigma_px * gain, 8.0)
             smooth = cv2.GaussianBlur(img, (0, 0), sigma2, borderType=cv2.BORDER_REFLECT)
             redo_s = time.perf_counter() - td
             found = _detect(smooth if bright else -smooth, sigma2, bg_radius, pixel_noise, cfg)
-    sigma_px, flat, mode, sigma, mask, _ = found
+    peaks_z, alarm_z = found[6], found[7]
+    if (not cfg.smoothing_nm and whiteness < _WHITE_NOISE_MIN
+            and (peaks_z.size == 0 or np.mean(peaks_z >= alarm_z) < cfg.significant_fraction)):
+        # Correlated noise (grain, JPEG blocks; not white, see ``whiteness``)
+        # and most regions found are no stronger than the noise blobs a frame
+        # of this many independent resolution elements shows anyway: search
+        # the scale (and, with ``auto``, the polarity) at which the strongest
+        # blob is most significant against the noise at that scale, and keep
+        # only regions significant there. Nothing significant: no particles.
+        td = time.perf_counter()
+        polarities = (bright, not bright) if cfg.polarity == "auto" else (bright,)
+        scan = _scan_scales(img, found[0], bg_radius, polarities, cfg)
+        if scan is None:
+            found = _detect(smooth if bright else -smooth, found[0], bg_radius, pixel_noise,
+                            cfg, seed_sigma=alarm_z)
+        else:
+            sigma2, bright, alarm_z = scan
+            bg_radius = min(max(bg_radius, 4.0 * sigma2), max(rows, cols) / 2)
+            # The largest excess is often at a scale above the particles' (the
+            # correlated noise keeps falling with the scale, the outline blurs):
+            # go down by octaves while the strongest blob stays clearly
+            # significant (peak >= level + 1 std: found in >= 84 % of frames).
+            finer = sigma2 / 2.0
+            while finer >= 2.0 * found[0]:
+                z, alarm2 = _significance_at(img, finer, bg_radius, bright, cfg)
+                if z < alarm2 + 1.0:
+                    break
+                sigma2, alarm_z, finer = finer, alarm2, finer / 2.0
+            smooth = _blur_large(img, sigma2) if sigma2 >= 4 else cv2.GaussianBlur(
+                img, (0, 0), sigma2, borderType=cv2.BORDER_REFLECT)
+            found = _detect(smooth if bright else -smooth, sigma2, bg_radius, pixel_noise,
+                            cfg, seed_sigma=alarm_z)
+        redo_s += time.perf_counter() - td
+    sigma_px, flat, mode, sigma, mask = found[:5]
 
     morph_px = (cfg.morphology_nm / px if cfg.morphology_nm
                 else max(1.0, cfg.smoothing_fraction * size_px))
