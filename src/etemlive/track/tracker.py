@@ -404,26 +404,34 @@ class TrackStep:
 _DENSE_LIMIT = 16384
 
 
-def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
-    """All (i, j, distance) with ``|a[i] - b[j]| <= radius``: brute force for small sets,
-    a k-d tree otherwise."""
+def _pairs_within(
+    a: np.ndarray, b: np.ndarray, radius: float | np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """All (i, j, distance) with ``|a[i] - b[j]| <= radius`` (one radius, or one per row of
+    ``a``): a sweep along x for small sets (pairs in (i, j) order), a k-d tree otherwise."""
+    r = np.broadcast_to(np.asarray(radius, dtype=float), (len(a),))
     if len(a) * len(b) <= 16384:
-        # sweep along x: only pairs within the radius in x are measured, then put in
-        # (i, j) order (the order a dense distance matrix would give)
+        # only pairs within the radius in x are measured, then put in (i, j) order (the
+        # order a dense distance matrix would give)
         order = np.argsort(b[:, 0], kind="stable")
         bx = b[order, 0]
-        lo = np.searchsorted(bx, a[:, 0] - radius, "left")
-        cnt = np.searchsorted(bx, a[:, 0] + radius, "right") - lo
+        lo = np.searchsorted(bx, a[:, 0] - r, "left")
+        cnt = np.maximum(np.searchsorted(bx, a[:, 0] + r, "right") - lo, 0)
         i = np.repeat(np.arange(len(a), dtype=np.int64), cnt)
         start = np.cumsum(cnt) - cnt
         j = order[np.arange(len(i)) - np.repeat(start - lo, cnt)].astype(np.int64)
         d = np.hypot(a[i, 0] - b[j, 0], a[i, 1] - b[j, 1])
-        ok = d <= radius
+        ok = d <= r[i]
         i, j, d = i[ok], j[ok], d[ok]
         o = np.lexsort((j, i))
         return i[o], j[o], d[o]
-    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
-    return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
+    if len(a) == 0 or len(b) == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, np.zeros(0)
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), float(r.max()), output_type="ndarray")
+    i, j, d = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
+    ok = d <= r[i]
+    return i[ok], j[ok], d[ok]
 
 
 def _nearest(points: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1304,11 +1312,10 @@ class Tracker:
             with np.errstate(invalid="ignore"):
                 own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step * root_gap)
             gate = np.where(exited, np.where(moved, np.minimum(wide, own), wide), gate)
-        ti, dj, dist = _pairs_within(pred, det, float(gate.max()))
-        ok = dist <= gate[ti]
+        ti, dj, dist = _pairs_within(pred, det, gate)
         if exited.any():
-            ok &= ~exited[ti] | det_edge[dj]  # it can only come back through the border
-        ti, dj, dist = ti[ok], dj[ok], dist[ok]
+            ok = ~exited[ti] | det_edge[dj]  # it can only come back through the border
+            ti, dj, dist = ti[ok], dj[ok], dist[ok]
         # a track missed for m frames has a wider gate but pays gap_cost per missed frame,
         # so a stale track never wins a particle from the track that saw it last frame
         # (capped: a track back after a long absence is still a good link)
