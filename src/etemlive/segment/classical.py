@@ -490,17 +490,24 @@ def _detect(oriented: np.ndarray, sigma_px: float, bg_radius_px: float, pixel_no
     return sigma_px, flat, mode, sigma, mask, peak_snr, peaks_z
 
 
-def _significance_at(img: np.ndarray, sigma_px: float, bg_radius_px: float, bright: bool,
-                     cfg: ClassicalConfig) -> tuple[float, float, int]:
-    """Peak of the frame smoothed at ``sigma_px``, its false-alarm level (both
-    in noise std of that smoothed, flattened frame) and the number of regions
-    at least 1 std above that level; on an area-averaged copy (cheap). The
-    noise std is measured, so correlations are included."""
+def _smoothed_small(img: np.ndarray, sigma_px: float) -> tuple[np.ndarray, int]:
+    """The frame smoothed at ``sigma_px`` on an area-averaged copy, and the
+    copy's downsampling factor (>= 2 px of blur left at the small scale)."""
     rows, cols = img.shape
-    factor = max(1, int(sigma_px // 2))  # >= 2 px of blur left at the small scale
+    factor = max(1, int(sigma_px // 2))
     small = cv2.resize(img, (max(1, cols // factor), max(1, rows // factor)),
                        interpolation=cv2.INTER_AREA)
-    blurred = cv2.GaussianBlur(small, (0, 0), sigma_px / factor, borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(small, (0, 0), sigma_px / factor,
+                            borderType=cv2.BORDER_REFLECT), factor
+
+
+def _significance_at(smoothed: tuple[np.ndarray, int], sigma_px: float, bg_radius_px: float,
+                     bright: bool, cfg: ClassicalConfig) -> tuple[float, float, int]:
+    """Peak of the frame smoothed at ``sigma_px`` (``smoothed``: from
+    :func:`_smoothed_small`), its false-alarm level (both in noise std of that
+    smoothed, flattened frame) and the number of regions at least 1 std above
+    that level. The noise std is measured, so correlations are included."""
+    blurred, factor = smoothed
     oriented = blurred if bright else -blurred
     radius = max(bg_radius_px, 4.0 * sigma_px) / factor
     flat = oriented - _background(oriented, radius, particles_bright=True)
@@ -534,8 +541,9 @@ def _scan_scales(img: np.ndarray, sigma0_px: float, bg_radius_px: float,
     best, best_key = None, (0, 0.0)
     sigma = sigma0_px * 2.0
     while sigma <= max_sigma:
+        smoothed = _smoothed_small(img, sigma)
         for bright in polarities:
-            z, alarm_z, count = _significance_at(img, sigma, bg_radius_px, bright, cfg)
+            z, alarm_z, count = _significance_at(smoothed, sigma, bg_radius_px, bright, cfg)
             if count > 0 and (count, z - alarm_z) > best_key:
                 best, best_key = (sigma, bright, alarm_z, count), (count, z - alarm_z)
         sigma *= 2.0
@@ -913,7 +921,8 @@ def segment_classical(image: np.ndarray, pixel_size_nm: float,
             # (peak >= level + 1 std) and no clear blob is lost.
             finer = sigma2 / 2.0
             while finer >= 2.0 * found[0]:
-                z, alarm2, count2 = _significance_at(img, finer, bg_radius, bright, cfg)
+                z, alarm2, count2 = _significance_at(_smoothed_small(img, finer), finer,
+                                                   bg_radius, bright, cfg)
                 if z < alarm2 + 1.0 or count2 < count:
                     break
                 sigma2, alarm_z, count, finer = finer, alarm2, count2, finer / 2.0
