@@ -262,6 +262,21 @@ def test_cpu_budget_recovers_after_a_busy_spell():
     assert budget.allow()  # the last second was idle: draw again
 
 
+def test_cpu_budget_within_answers_like_allow_without_recording():
+    clocks = FakeClocks()
+    budget = dash.CpuBudget(0.2, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    assert budget.within()  # no history yet
+    for _ in range(20):
+        budget.allow()
+        clocks.tick(0.05, 0.05)  # 100 % busy
+    denied, samples = budget.denied, len(budget._samples)
+    assert not budget.within()
+    assert (budget.denied, len(budget._samples)) == (denied, samples)  # nothing recorded
+    for _ in range(40):
+        clocks.tick(0.05, 0.0)
+    assert budget.within() and budget.allow()
+
+
 @pytest.mark.parametrize(("cores", "share"), [(1, 0.1), (2, 0.1), (4, 0.2), (16, 0.6)])
 def test_default_cpu_budget(cores, share):
     assert dash.default_cpu_budget(cores) == pytest.approx(share)
