@@ -811,7 +811,13 @@ class CpuBudget:
         if not samples:
             return True
         now, cpu = self._clock(), self._cpu_clock()
-        then, cpu_then = samples[0]
+        # The reference sample allow() would keep after trimming (see there).
+        first, n = 0, len(samples) + 1
+        while n - first > 2 and now - samples[first + 1][0] >= self.window_s:
+            first += 1
+            if first + 1 == len(samples):
+                break
+        then, cpu_then = samples[first]
         span = now - then
         if span < 0.25 * self.window_s:
             return True
