@@ -69,6 +69,7 @@ def training_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: Defaults of :func:`maps_to_instances`, chosen on simulator seeds 3000-3001 (all scenarios,
 #: three doses; never the benchmark's seeds or real images): see docs/model.md.
 MERGE_DYNAMIC = 0.5
+MERGE_NECK_RATIO = 0.8
 MIN_MEAN_PROB = 0.0
 MIN_PEAK_DISTANCE = 0.0
 
@@ -81,6 +82,7 @@ def maps_to_instances(
     core_threshold: float = 0.5,
     min_area_px: int = 4,
     merge_dynamic: float = MERGE_DYNAMIC,
+    merge_neck_ratio: float = MERGE_NECK_RATIO,
     min_mean_prob: float = MIN_MEAN_PROB,
     min_peak_distance: float = MIN_PEAK_DISTANCE,
 ) -> np.ndarray:
@@ -110,6 +112,11 @@ def maps_to_instances(
     merge_dynamic : float
         Two touching parts are one particle when ``dist`` dips between them by less
         than this fraction of the lower of their two peaks (0 = never merge).
+    merge_neck_ratio : float
+        ... and (when > 0) only when the mask is at least this fraction as thick where
+        they meet as at the thicker point of the thinner part (Euclidean distance to
+        the mask border): no neck between them, as at a triangle's corner or along a
+        rod, unlike two touching round particles.
     min_mean_prob : float
         Instances whose mean probability is below this are dropped (0 = keep all).
     min_peak_distance : float
@@ -157,7 +164,11 @@ def maps_to_instances(
             relief = d.astype(np.int16) if d.dtype == np.uint8 else np.rint(np.clip(d, 0, 1) * 30000).astype(np.int16)
             ws = ascent_watershed(relief, markers, reg)
             if merge_dynamic > 0:
-                ws = merge_shallow_splits(ws, relief, merge_dynamic)
+                # mask thickness (px x 100) for the neck test; only in the touching pieces' box
+                thick = (cv2.distanceTransform(reg.astype(np.uint8), cv2.DIST_L2, 5) * 100).astype(np.int32) \
+                    if merge_neck_ratio > 0 else None
+                ws = merge_shallow_splits(ws, relief, merge_dynamic, mask_distance=thick,
+                                          neck_ratio=merge_neck_ratio)
             out = comp.copy()
             out[sl][reg] = ws[reg] + n_comp  # marker ids shifted past the piece ids
             n_labels = n_comp + n_mk
@@ -169,7 +180,10 @@ def maps_to_instances(
     return _relabel_kept(out, keep)
 
 
-def merge_shallow_splits(labels: np.ndarray, relief: np.ndarray, dynamic: float) -> np.ndarray:
+def merge_shallow_splits(
+    labels: np.ndarray, relief: np.ndarray, dynamic: float, *, mask_distance: np.ndarray | None = None,
+    neck_ratio: float = 0.0,
+) -> np.ndarray:
     """Merge neighbouring labels whose ``relief`` dips only a little between them.
 
     For each pair of 8-adjacent labels the saddle is the highest ``min(relief_p,
@@ -204,41 +218,19 @@ def merge_shallow_splits(labels: np.ndarray, relief: np.ndarray, dynamic: float)
     inside = labels > 0
     peak = np.zeros(n, np.int32)
     np.maximum.at(peak, labels[inside], rel[inside])
-    # Only pixels with a larger label among their 8 neighbours take part (a label's
-    # boundary with its higher-numbered neighbours): every adjacent pixel pair (p, q)
-    # with label(p) < label(q) has p among them, so the saddles are exact.
-    h, w = labels.shape
-    lab_f = labels.astype(np.float32)  # label ids < 2**24: exact in float32 (cv2.dilate)
-    rr, cc = np.nonzero(inside & (cv2.dilate(lab_f, np.ones((3, 3), np.uint8)) != lab_f))
-    if rr.size == 0:
+    use_neck = mask_distance is not None and neck_ratio > 0
+    rels = (rel, mask_distance.astype(np.int32)) if use_neck else (rel,)
+    pairs = _adjacent_pairs(labels, rels, n)
+    if pairs is None:
         return labels
-    wp = w + 2
-    lab_pad = np.zeros((h + 2, wp), np.int32)
-    lab_pad[1:-1, 1:-1] = labels
-    rel_pad = np.zeros((h + 2, wp), np.int32)
-    rel_pad[1:-1, 1:-1] = rel
-    at = (rr + 1) * wp + (cc + 1)
-    own = lab_pad.ravel()[at]
-    own_rel = rel_pad.ravel()[at]
-    a_parts, b_parts, s_parts = [], [], []
-    for dy, dx in _NEIGHBOURS:
-        nb = lab_pad.ravel()[at + dy * wp + dx]
-        up = nb > own
-        a_parts.append(own[up])
-        b_parts.append(nb[up])
-        s_parts.append(np.minimum(own_rel[up], rel_pad.ravel()[at[up] + dy * wp + dx]))
-    lo = np.concatenate(a_parts).astype(np.int64)
-    hi = np.concatenate(b_parts).astype(np.int64)
-    if lo.size == 0:
-        return labels
-    key = lo * n + hi
-    order = np.argsort(key, kind="stable")
-    key_s = key[order]
-    starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
-    pair_saddle = np.maximum.reduceat(np.concatenate(s_parts)[order], starts)
-    pa, pb = lo[order][starts], hi[order][starts]
+    pa, pb, saddles, _contact = pairs
     low_peak = np.minimum(peak[pa], peak[pb]).astype(np.float64)
-    merge = (low_peak - pair_saddle) < dynamic * low_peak
+    merge = (low_peak - saddles[0]) < dynamic * low_peak
+    if use_neck:
+        # and the mask is as thick where they meet as inside the thinner part: no neck
+        thick = np.zeros(n, np.int32)
+        np.maximum.at(thick, labels[inside], rels[1][inside])
+        merge &= saddles[1] > neck_ratio * np.minimum(thick[pa], thick[pb])
     if not merge.any():
         return labels
     graph = coo_matrix((np.ones(int(merge.sum()), np.int8), (pa[merge], pb[merge])), shape=(n, n))
@@ -247,6 +239,54 @@ def merge_shallow_splits(labels: np.ndarray, relief: np.ndarray, dynamic: float)
     first = np.full(n, n, np.int64)
     np.minimum.at(first, group, np.arange(n))
     return first[group].astype(np.int32)[labels]
+
+
+def _adjacent_pairs(labels: np.ndarray, rels: tuple[np.ndarray, ...], n: int):
+    """8-adjacent label pairs (a < b): ids, saddle of each relief in ``rels``, touching pixel pairs.
+
+    The saddle of a relief between two labels is the highest ``min(relief_p, relief_q)``
+    over their touching pixel pairs. Returns None when no two labels touch.
+    """
+    # Only pixels with a larger label among their 8 neighbours take part (a label's
+    # boundary with its higher-numbered neighbours): every adjacent pixel pair (p, q)
+    # with label(p) < label(q) has p among them, so the saddles are exact.
+    h, w = labels.shape
+    lab_f = labels.astype(np.float32)  # label ids < 2**24: exact in float32 (cv2.dilate)
+    rr, cc = np.nonzero((labels > 0) & (cv2.dilate(lab_f, np.ones((3, 3), np.uint8)) != lab_f))
+    if rr.size == 0:
+        return None
+    wp = w + 2
+    lab_pad = np.zeros((h + 2, wp), np.int32)
+    lab_pad[1:-1, 1:-1] = labels
+    rel_pads = []
+    for rel in rels:
+        rp = np.zeros((h + 2, wp), np.int32)
+        rp[1:-1, 1:-1] = rel
+        rel_pads.append(rp.ravel())
+    at = (rr + 1) * wp + (cc + 1)
+    own = lab_pad.ravel()[at]
+    own_rels = [rp[at] for rp in rel_pads]
+    a_parts, b_parts = [], []
+    s_parts: list[list[np.ndarray]] = [[] for _ in rels]
+    for dy, dx in _NEIGHBOURS:
+        nb = lab_pad.ravel()[at + dy * wp + dx]
+        up = nb > own
+        a_parts.append(own[up])
+        b_parts.append(nb[up])
+        for k, rp in enumerate(rel_pads):
+            s_parts[k].append(np.minimum(own_rels[k][up], rp[at[up] + dy * wp + dx]))
+    lo = np.concatenate(a_parts).astype(np.int64)
+    hi = np.concatenate(b_parts).astype(np.int64)
+    if lo.size == 0:
+        return None
+    key = lo * n + hi
+    order = np.argsort(key, kind="stable")
+    key_s = key[order]
+    starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
+    saddles = [np.maximum.reduceat(np.concatenate(sp)[order], starts) for sp in s_parts]
+    pa, pb = lo[order][starts], hi[order][starts]
+    contact = np.diff(np.r_[starts, key_s.size])
+    return pa, pb, saddles, contact
 
 
 def _sure(flat: np.ndarray, area: np.ndarray, prob: np.ndarray, dist: np.ndarray,
