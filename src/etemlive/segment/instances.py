@@ -70,8 +70,8 @@ def training_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: three doses; never the benchmark's seeds or real images): see docs/model.md.
 MERGE_DYNAMIC = 0.5
 MERGE_NECK_RATIO = 0.8
-MIN_MEAN_PROB = 0.0
-MIN_PEAK_DISTANCE = 0.0
+MIN_MEAN_PROB = 0.8
+MIN_PEAK_DISTANCE = 0.3
 
 
 def maps_to_instances(
