@@ -367,10 +367,28 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
             if not lost.any():
                 break
         if lost.any():  # a wide plateau: the nearest labelled pixel's label (else one stray label)
-            _, (iy, ix) = ndi.distance_transform_edt(out == 0, return_indices=True)
-            out[lost] = out[iy[lost], ix[lost]]
+            _fill_nearest(out, lost)
     out[~mask] = 0
     return out
+
+
+def _fill_nearest(out: np.ndarray, lost: np.ndarray, margin_px: int = 32) -> None:
+    """Give each ``lost`` pixel the label of the nearest labelled pixel (in place).
+
+    The Euclidean transform runs on the lost pixels' bounding box plus a margin (the
+    whole frame cost ~70 ms at 1024^2); the whole frame only if that box holds no label.
+    """
+    rows = np.flatnonzero(lost.any(axis=1))
+    cols = np.flatnonzero(lost.any(axis=0))
+    h, w = out.shape
+    sl = (slice(max(rows[0] - margin_px, 0), min(rows[-1] + margin_px + 1, h)),
+          slice(max(cols[0] - margin_px, 0), min(cols[-1] + margin_px + 1, w)))
+    crop = out[sl]
+    if not (crop > 0).any():
+        sl, crop = (slice(None), slice(None)), out
+    _, (iy, ix) = ndi.distance_transform_edt(crop == 0, return_indices=True)
+    lost_c = lost[sl]
+    crop[lost_c] = crop[iy[lost_c], ix[lost_c]]
 
 
 def _relabel_kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
