@@ -271,6 +271,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self.warning_label = QtWidgets.QLabel("no warnings")
         self.warning_label.setWordWrap(True)
         self.warning_label.setStyleSheet(_OK_STYLE)
+        self._warning_style = _OK_STYLE
         right_layout.addWidget(self.warning_label)
 
         self.plots = pg.GraphicsLayoutWidget()
@@ -656,14 +657,19 @@ class DashboardWindow(QtWidgets.QMainWindow):
         if key == self._health_key:
             return
         self._health_key = key
-        self.health_label.setText("\n".join(core.health_lines(snap)))
+        self._set_text(self.health_label, "\n".join(core.health_lines(snap)))
         warnings = core.warning_lines(snap.stats)
-        if warnings:
-            self.warning_label.setText("⚠ " + "\n⚠ ".join(warnings))
-            self.warning_label.setStyleSheet(_WARN_STYLE)
-        else:
-            self.warning_label.setText("no warnings")
-            self.warning_label.setStyleSheet(_OK_STYLE)
+        text = "⚠ " + "\n⚠ ".join(warnings) if warnings else "no warnings"
+        self._set_text(self.warning_label, text)
+        style = _WARN_STYLE if warnings else _OK_STYLE
+        if style != self._warning_style:  # a style sheet re-polishes the widget: only on change
+            self._warning_style = style
+            self.warning_label.setStyleSheet(style)
+
+    @staticmethod
+    def _set_text(label: QtWidgets.QLabel, text: str) -> None:
+        if label.text() != text:  # an unchanged text would still relayout and repaint
+            label.setText(text)
 
     def _frame_title(self, snap: PipelineSnapshot) -> str:
         unit = "frame" if snap.time_unit == "frame" else "s"
