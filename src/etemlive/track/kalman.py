@@ -4,8 +4,8 @@ A motion model is stateless maths over *stacked* track states, so the tracker pr
 and updates every track of a frame in one vectorized call (no Python loop per track).
 Each track still has exactly the filter of a filterpy ``KalmanFilter``:
 :meth:`ConstantVelocityModel.make_filter` builds that per-track filter, and the batched
-``predict`` / ``update`` apply its very matrices (F, Q, H, R) and its update equations
-(Joseph form) to all tracks at once; ``tests/test_kalman.py`` checks both agree.
+``predict`` / ``update`` compute its very state and covariance (same F, Q, H, R) for all
+tracks at once; ``tests/test_kalman.py`` checks both agree to 1e-10.
 
 Positions are in nm in the drift-corrected stage frame; velocities in nm/s, or nm/frame
 when the frame interval is unknown (``dt`` is then 1 frame).
@@ -30,8 +30,9 @@ __all__ = ["MotionModel", "ConstantVelocityModel", "NoMotionModel"]
 class MotionModel(Protocol):
     """What the tracker needs from a motion model (all methods vectorized over tracks).
 
-    States are arrays ``x`` of shape (n, state_dim) and covariances ``P`` of shape
-    (n, state_dim, state_dim); positions are the first two state entries (x, y) in nm.
+    States are arrays ``x`` of shape (n, state_dim); positions are the first two state
+    entries (x, y) in nm. Covariances ``P`` have one row per track in a layout the model
+    chooses (the tracker only stacks, indexes and passes them back).
     """
 
     state_dim: int
@@ -79,6 +80,13 @@ class ConstantVelocityModel:
 
     When the tracker runs in frame units (unknown frame interval), ``dt`` is in frames and
     the "per second" values are read as "per frame".
+
+    The covariance of every track stays ``kron([[p, c], [c, v]], I2)``: both axes start
+    alike, F, Q, H and R treat them alike, so x and y never correlate and have equal
+    variances. ``P`` is therefore kept as (n, 3) rows ``(p, c, v)``: position variance,
+    position-velocity covariance and velocity variance per axis (nm^2, nm^2/s, nm^2/s^2);
+    :meth:`full_covariance` gives filterpy's 4x4 matrices. A frame's predict and update
+    are then a few column operations, whatever the number of tracks.
     """
 
     position_noise_nm: float = 1.0
@@ -126,38 +134,56 @@ class ConstantVelocityModel:
         v2 = self.initial_speed_nm_per_s**2
         return [r2, r2, v2, v2]
 
+    @staticmethod
+    def full_covariance(P: np.ndarray) -> np.ndarray:
+        """The (n, 4, 4) covariances (filterpy's ``P``) of compact rows ``(p, c, v)``."""
+        P = np.asarray(P, dtype=float).reshape(-1, 3)
+        out = np.zeros((len(P), 4, 4))
+        for axis in (0, 1):
+            out[:, axis, axis] = P[:, 0]
+            out[:, axis, axis + 2] = out[:, axis + 2, axis] = P[:, 1]
+            out[:, axis + 2, axis + 2] = P[:, 2]
+        return out
+
     # -- the batched protocol --------------------------------------------------------
     def init(self, positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         positions_nm = np.asarray(positions_nm, dtype=float).reshape(-1, 2)
         n = len(positions_nm)
         x = np.zeros((n, 4))
         x[:, :2] = positions_nm
-        P = np.broadcast_to(np.diag(self._p0_diag()), (n, 4, 4)).copy()
+        P = np.empty((n, 3))
+        P[:] = (self.measurement_noise_nm**2, 0.0, self.initial_speed_nm_per_s**2)
         return x, P
 
     def predict(self, x: np.ndarray, P: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        F = self.transition(dt)
-        x = x @ F.T
-        P = F @ P @ F.T + self.process_noise(dt)
-        return x, P
+        # x F' and F P F' + Q with F = [[I, dt I], [0, I]], per axis
+        x = x.copy()
+        x[:, :2] += dt * x[:, 2:]
+        p, c, v = P.T
+        out = np.empty_like(P)
+        out[:, 0] = p + dt * (2.0 * c + dt * v) + self.position_noise_nm**2 * dt
+        out[:, 1] = c + dt * v
+        out[:, 2] = v + self.velocity_noise_nm_per_s**2 * dt
+        return x, out
 
     def update(
         self, x: np.ndarray, P: np.ndarray, positions_nm: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         if len(x) == 0:
             return x, P
-        r2 = self.measurement_noise_nm**2
-        # H picks (x, y), so H P H' is the top-left 2x2 block and P H' the first two columns.
-        PHT = P[:, :, :2]
-        S = P[:, :2, :2] + r2 * np.eye(2)
-        K = PHT @ _inv2(S)
+        p, c, v = P.T
+        # S = p + r^2 (the same on both axes); gains K = (p, c) / S per axis. The
+        # covariance (I - KH) P equals filterpy's Joseph form for this optimal gain.
+        s = p + self.measurement_noise_nm**2
+        k_pos = p / s
+        k_vel = c / s
         y = np.asarray(positions_nm, dtype=float) - x[:, :2]
-        x = x + np.einsum("nij,nj->ni", K, y)
-        I_KH = np.broadcast_to(np.eye(4), P.shape).copy()
-        I_KH[:, :, :2] -= K
-        # Joseph form, as filterpy: P = (I-KH) P (I-KH)' + K R K'
-        P = I_KH @ P @ I_KH.transpose(0, 2, 1) + r2 * (K @ K.transpose(0, 2, 1))
-        return x, P
+        x = x + np.concatenate([k_pos[:, None] * y, k_vel[:, None] * y], axis=1)
+        out = np.empty_like(P)
+        out[:, 0] = p - k_pos * p
+        out[:, 1] = c - k_pos * c
+        out[:, 2] = v - k_vel * c
+        return x, out
 
 
 @lru_cache(maxsize=64)
@@ -170,18 +196,6 @@ def _cv_transition_cached(dt: float) -> np.ndarray:
 
 def _cv_transition(dt: float) -> np.ndarray:
     return _cv_transition_cached(dt)
-
-
-def _inv2(S: np.ndarray) -> np.ndarray:
-    """Inverse of a stack of 2x2 matrices (n, 2, 2), closed form."""
-    a, b, c, d = S[:, 0, 0], S[:, 0, 1], S[:, 1, 0], S[:, 1, 1]
-    det = a * d - b * c
-    out = np.empty_like(S)
-    out[:, 0, 0] = d / det
-    out[:, 0, 1] = -b / det
-    out[:, 1, 0] = -c / det
-    out[:, 1, 1] = a / det
-    return out
 
 
 @dataclass(frozen=True)

@@ -402,6 +402,8 @@ class TrackStep:
 # --------------------------------------------------------------------------------------
 #: Below this many cells (rows x columns involved), one dense assignment beats blocking.
 _DENSE_LIMIT = 16384
+#: Below this many track x detection pairs, all distances are measured (no sweep).
+_DENSE_PAIRS = 4096
 
 
 def _pairs_within(
@@ -410,6 +412,11 @@ def _pairs_within(
     """All (i, j, distance) with ``|a[i] - b[j]| <= radius`` (one radius, or one per row of
     ``a``): a sweep along x for small sets (pairs in (i, j) order), a k-d tree otherwise."""
     r = np.broadcast_to(np.asarray(radius, dtype=float), (len(a),))
+    if len(a) * len(b) <= _DENSE_PAIRS:
+        # few enough to measure every pair: no sort, pairs come out in (i, j) order
+        d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+        i, j = np.nonzero(d <= r[:, None])
+        return i, j, d[i, j]
     if len(a) * len(b) <= 16384:
         # only pairs within the radius in x are measured, then put in (i, j) order (the
         # order a dense distance matrix would give)
@@ -709,11 +716,9 @@ class Tracker:
                 initial_speed_nm_per_s=g / 100 / self._dt,
             )
         self.motion_model = motion_model
-        d = motion_model.state_dim
         # live tracks, struct of arrays (index = row in these arrays, not the id)
         self._ids = np.zeros(0, dtype=np.int64)
-        self._x = np.zeros((0, d))
-        self._P = np.zeros((0, d, d))
+        self._x, self._P = motion_model.init(np.zeros((0, 2)))
         self._pos = np.zeros((0, 2))  # last measured position, nm (drift-corrected)
         self._diam = np.zeros(0)  # last diameter, nm
         # smoothed diameter (geometric running mean), nm: low-dose sizes jitter frame to
@@ -987,6 +992,37 @@ class Tracker:
         """One frame on plain arrays (one value per row of the frame's table; None for a
         missing optional column): the track id of every row (-1 for NaN coordinates) and
         the events found. :meth:`update` and :func:`link_with_events` call it."""
+        # zero / NaN sizes and inf steps are expected in the cost terms (each is masked
+        # where used): one error state for the whole frame rather than one per term
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._advance_frame(
+                frame_idx,
+                x_px,
+                y_px,
+                diameter_nm,
+                area_nm2,
+                touches_edge,
+                label,
+                time_s,
+                labels=labels,
+                image=image,
+            )
+
+    def _advance_frame(
+        self,
+        frame_idx: int,
+        x_px: np.ndarray,
+        y_px: np.ndarray,
+        diameter_nm: np.ndarray | None,
+        area_nm2: np.ndarray | None,
+        touches_edge: np.ndarray | None,
+        label: np.ndarray | None,
+        time_s: np.ndarray | None,
+        *,
+        labels: np.ndarray | None,
+        image: np.ndarray | None,
+    ) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
+        """:meth:`_advance` inside its error state."""
         cfg = self.config
         n_rows = len(x_px)
         steps = 1 if self._last_frame is None else frame_idx - self._last_frame
@@ -1184,9 +1220,8 @@ class Tracker:
             self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
             self._pos[mt] = det[md]
             self._diam[mt] = diam[md]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                both = np.isfinite(np.log(self._dsm[mt])) & np.isfinite(np.log(diam[md]))
-                self._dsm[mt] = np.where(both, np.sqrt(self._dsm[mt] * diam[md]), diam[md])
+            both = np.isfinite(np.log(self._dsm[mt])) & np.isfinite(np.log(diam[md]))
+            self._dsm[mt] = np.where(both, np.sqrt(self._dsm[mt] * diam[md]), diam[md])
             self._hits[mt] += 1
             self._area[mt] = area[md]
             self._peak[mt] = np.fmax(self._peak[mt], area[md])
@@ -1295,8 +1330,7 @@ class Tracker:
             step = np.where(moved, step, _median_rows(step[known]) if known.any() else np.inf)
             moved = np.isfinite(step)
         widen = cfg.gate_growth_per_gap * m
-        with np.errstate(invalid="ignore"):  # 0 x inf where not moved: not used
-            own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm
+        own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm  # 0 x inf: not used
         widen = np.where(moved, np.minimum(widen, own_widen), widen)
         gate = cfg.gate_nm * (1.0 + widen)
         # A track that left the field of view (last seen on the border, missed longer than
@@ -1309,8 +1343,7 @@ class Tracker:
             pred = np.where(exited[:, None], self._pos, pred)
             root_gap = np.sqrt(np.maximum(missed, 1))
             wide = gate * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
-            with np.errstate(invalid="ignore"):
-                own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step * root_gap)
+            own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step * root_gap)
             gate = np.where(exited, np.where(moved, np.minimum(wide, own), wide), gate)
         ti, dj, dist = _pairs_within(pred, det, gate)
         if exited.any():
@@ -1328,8 +1361,7 @@ class Tracker:
             contested = np.bincount(dj[~tentative], minlength=len(det)) > 0
             cost = cost + cfg.tentative_cost * (tentative & contested[dj])
         if cfg.size_weight:
-            with np.errstate(divide="ignore", invalid="ignore"):  # zero / NaN sizes: no term
-                ratio = diam[dj] / self._dsm[ti]
+            ratio = diam[dj] / self._dsm[ti]  # zero / NaN sizes: no term
             size = np.abs(np.log(np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)))
             # two views cut by the border say nothing about the particle's size
             size[self._edge[ti] & det_edge[dj]] = 0.0
