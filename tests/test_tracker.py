@@ -1041,3 +1041,21 @@ def test_link_gives_the_track_ids_of_link_with_events_and_of_update():
     live = pd.concat([tracker.update(g).particles for _, g in tab.groupby("frame")])
     np.testing.assert_array_equal(live["track_id"].to_numpy(), out["track_id"].to_numpy())
     assert events["kind"].tolist() == ["merge"]
+
+
+def test_link_of_a_shuffled_table_with_nan_rows_gives_each_row_the_same_id():
+    # offline link reads the table once and walks it frame by frame: rows out of frame
+    # order and rows dropped for NaN coordinates must not shift any id onto another row
+    tab = _hiding_scene(45.0)
+    tab.loc[[2, 7], "y_px"] = np.nan
+    kw = dict(pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    ids = link(tab, **kw)["track_id"]
+    shuffled = tab.sample(frac=1.0, random_state=3)
+    ids_shuffled = link(shuffled, **kw)["track_id"].loc[tab.index]
+    # the same tracks (a new particle's id follows the row order within its frame)
+    pairs = pd.DataFrame({"a": ids, "b": ids_shuffled}).drop_duplicates()
+    assert pairs["a"].is_unique and pairs["b"].is_unique
+    assert (ids.loc[[2, 7]] == -1).all() and (ids.drop(index=[2, 7]) >= 0).all()
+    tracker = Tracker(**kw)
+    live = pd.concat([tracker.update(g).particles for _, g in tab.groupby("frame")])
+    assert (live["track_id"].loc[tab.index] == ids).all()

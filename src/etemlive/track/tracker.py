@@ -51,7 +51,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -183,6 +183,64 @@ def _frame_columns(df: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
         col("label", np.int64),
         col("time_s", float),
     )
+
+
+class _Detections(NamedTuple):
+    """A table's rows with finite coordinates, as the tracker reads them (see
+    :func:`_detections`)."""
+
+    rows: np.ndarray  # index of each detection in the table
+    x_px: np.ndarray
+    y_px: np.ndarray
+    pos_nm: np.ndarray  # (n, 2) position in nm, before drift correction
+    diameter_nm: np.ndarray
+    area_nm2: np.ndarray
+    touches_edge: np.ndarray
+    label: np.ndarray | None  # None: no label column (no mask overlap)
+    time_s: np.ndarray | None  # None: from the frame number
+
+
+def _detections(
+    columns: tuple[np.ndarray | None, ...], pixel_size_nm: float, *, copy: bool
+) -> _Detections:
+    """The detections in ``columns`` (from :func:`_frame_columns`): rows with NaN
+    coordinates dropped, sizes filled (a missing diameter from the area, and back),
+    missing optional columns as zeros / False. Computed once for a whole table offline,
+    once per frame live. ``copy``: never return the given arrays themselves (the live
+    tracker keeps some in its history, and the caller's table may change)."""
+    x_px, y_px, diameter_nm, area_nm2, touches_edge, label, time_s = columns
+    rows = np.flatnonzero(np.isfinite(x_px) & np.isfinite(y_px))
+    n = len(rows)
+    if n == len(x_px):  # the usual case: nothing to drop
+        take = (lambda c: c.copy()) if copy else (lambda c: c)
+        x, y = take(x_px), take(y_px)
+    else:
+        x, y = x_px[rows], y_px[rows]
+        take = lambda c: c[rows]  # noqa: E731
+    pos_nm = np.empty((n, 2))
+    pos_nm[:, 0] = x
+    pos_nm[:, 1] = y
+    pos_nm *= pixel_size_nm
+    diam = take(diameter_nm) if diameter_nm is not None else np.full(n, np.nan)
+    area = take(area_nm2) if area_nm2 is not None else np.full(n, np.nan)
+    area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
+    diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
+    return _Detections(
+        rows,
+        x,
+        y,
+        pos_nm,
+        diam,
+        area,
+        take(touches_edge) if touches_edge is not None else np.zeros(n, dtype=bool),
+        take(label) if label is not None else None,
+        take(time_s) if time_s is not None else None,
+    )
+
+
+def _slice_detections(det: _Detections, sel: np.ndarray | slice) -> _Detections:
+    """The detections ``sel`` (an index array or a slice) of ``det``."""
+    return _Detections(*(None if c is None else c[sel] for c in det))
 
 
 def _median_rows(a: np.ndarray) -> np.ndarray:
@@ -963,7 +1021,11 @@ class Tracker:
             raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
         frame_idx = self._frame_index(particles, frame)
         track_col, events = self._advance(
-            frame_idx, *_frame_columns(particles), labels=labels, image=image
+            frame_idx,
+            len(particles),
+            _detections(_frame_columns(particles), self.pixel_size_nm, copy=True),
+            labels=labels,
+            image=image,
         )
         # a shallow copy: the track_id column set here is a new array, the caller's table
         # is not modified (and its other columns are not copied every frame)
@@ -978,81 +1040,46 @@ class Tracker:
     def _advance(
         self,
         frame_idx: int,
-        x_px: np.ndarray,
-        y_px: np.ndarray,
-        diameter_nm: np.ndarray | None,
-        area_nm2: np.ndarray | None,
-        touches_edge: np.ndarray | None,
-        label: np.ndarray | None,
-        time_s: np.ndarray | None,
+        n_rows: int,
+        found: _Detections,
         *,
         labels: np.ndarray | None,
         image: np.ndarray | None,
     ) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
-        """One frame on plain arrays (one value per row of the frame's table; None for a
-        missing optional column): the track id of every row (-1 for NaN coordinates) and
-        the events found. :meth:`update` and :func:`link_with_events` call it."""
+        """One frame: the track id of each of the frame's ``n_rows`` table rows (-1 for
+        NaN coordinates) and the events found, from the frame's detections ``found``
+        (``rows`` index the frame's rows). :meth:`update` and :func:`link_with_events`
+        call it."""
         # zero / NaN sizes and inf steps are expected in the cost terms (each is masked
         # where used): one error state for the whole frame rather than one per term
         with np.errstate(divide="ignore", invalid="ignore"):
-            return self._advance_frame(
-                frame_idx,
-                x_px,
-                y_px,
-                diameter_nm,
-                area_nm2,
-                touches_edge,
-                label,
-                time_s,
-                labels=labels,
-                image=image,
-            )
+            return self._advance_frame(frame_idx, n_rows, found, labels=labels, image=image)
 
     def _advance_frame(
         self,
         frame_idx: int,
-        x_px: np.ndarray,
-        y_px: np.ndarray,
-        diameter_nm: np.ndarray | None,
-        area_nm2: np.ndarray | None,
-        touches_edge: np.ndarray | None,
-        label: np.ndarray | None,
-        time_s: np.ndarray | None,
+        n_rows: int,
+        found: _Detections,
         *,
         labels: np.ndarray | None,
         image: np.ndarray | None,
     ) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
         """:meth:`_advance` inside its error state."""
         cfg = self.config
-        n_rows = len(x_px)
         steps = 1 if self._last_frame is None else frame_idx - self._last_frame
         prev_frame = -1 if self._last_frame is None else self._last_frame
         self._last_frame = frame_idx
         if self._first_frame is None:
             self._first_frame = frame_idx
 
-        track_col = np.full(n_rows, -1, dtype=np.int64)
-        xy = np.column_stack([x_px, y_px])
-        valid = np.isfinite(xy).all(axis=1)
-        self.n_dropped_nan += int(n_rows - valid.sum())
-        rows = np.flatnonzero(valid)
-        det_raw = xy[rows] * self.pixel_size_nm
-        diam = diameter_nm[rows] if diameter_nm is not None else np.full(len(rows), np.nan)
-        area = area_nm2[rows] if area_nm2 is not None else np.full(len(rows), np.nan)
-        # sizes: fill whichever of diameter / area is missing from the other
-        area = np.where(np.isfinite(area), area, math.pi / 4 * diam**2)
-        diam = np.where(np.isfinite(diam), diam, np.sqrt(4 * np.abs(area) / math.pi))
-        if touches_edge is not None:
-            det_edge = touches_edge[rows]
-        else:
-            det_edge = np.zeros(len(rows), dtype=bool)
-        if label is not None:
-            det_label = label[rows]
-        else:
-            det_label = np.zeros(len(rows), dtype=np.int64)
-        if time_s is not None and n_rows:
-            time_s = time_s[rows]
-        else:
+        rows = found.rows
+        self.n_dropped_nan += n_rows - len(rows)
+        det_raw = found.pos_nm
+        diam, area = found.diameter_nm, found.area_nm2
+        det_edge = found.touches_edge
+        det_label = found.label if found.label is not None else np.zeros(len(rows), np.int64)
+        time_s = found.time_s
+        if time_s is None:
             time_s = np.full(len(rows), frame_idx * self._dt)
 
         # 1. frames skipped since the last update count as misses; predict every live track
@@ -1065,7 +1092,7 @@ class Tracker:
         pred = self._x[:, :2]
 
         # 2. drift since the previous frame, nm
-        use_labels = labels is not None and label is not None
+        use_labels = labels is not None and found.label is not None
         prev_seen = int(np.count_nonzero(self._seen == prev_frame)) if len(self._seen) else 0
         d_inc = self._drift_from_image(image, needed=prev_seen < max(cfg.min_drift_matches, 1))
         drift_from_image = d_inc is not None
@@ -1248,7 +1275,11 @@ class Tracker:
                 self._hits[prod] = np.maximum(self._hits[prod], cfg.confirm_hits)
 
         # 7. outputs
-        track_col[rows] = det_track
+        if len(rows) == n_rows:
+            track_col = det_track
+        else:
+            track_col = np.full(n_rows, -1, dtype=np.int64)
+            track_col[rows] = det_track
         with self._lock:
             self._hist.append(
                 (
@@ -1256,8 +1287,8 @@ class Tracker:
                     det_track,
                     time_s,
                     diam,
-                    xy[rows, 0],
-                    xy[rows, 1],
+                    found.x_px,
+                    found.y_px,
                 )
             )
             self._hist_frame = frame_idx
@@ -1900,17 +1931,31 @@ def _link_frames(
     missing = [c for c in ("x_px", "y_px") if c not in table.columns]
     if missing:
         raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
+    # the columns read and prepared once, in frame order; each frame is then a slice
+    in_order = bool(np.all(order == np.arange(len(order))))
     columns = _frame_columns(table)
-    track_id = np.full(len(table), -1, dtype=np.int64)
+    if not in_order:
+        columns = tuple(None if c is None else c[order] for c in columns)
+    # (no copies: the tracker lives only for this call, the table is not changed in it)
+    found = _detections(columns, tr.pixel_size_nm, copy=False)
+    # the detections of frame k are found[cut[k]:cut[k + 1]] (rows with NaN coordinates
+    # are missing from found: count the kept rows before each frame's first row)
+    cut = np.searchsorted(found.rows, bounds)
+    track_sorted = np.full(len(table), -1, dtype=np.int64)
     event_rows: list[tuple[int, str, str, int]] = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        pos = order[a:b]
+    for k in range(len(bounds) - 1):
+        a, b = int(bounds[k]), int(bounds[k + 1])
         f = int(sorted_frames[a])
         lab = labels[f] if labels is not None else None
         img = images[f] if images is not None else None
-        rows = [None if c is None else c[pos] for c in columns]
-        track_id[pos], found = tr._advance(f, *rows, labels=lab, image=img)
-        event_rows.extend(found)
+        frame_found = _slice_detections(found, slice(cut[k], cut[k + 1]))
+        frame_found = frame_found._replace(rows=frame_found.rows - a)
+        track_sorted[a:b], events = tr._advance(f, b - a, frame_found, labels=lab, image=img)
+        event_rows.extend(events)
+    if in_order:
+        return track_sorted, event_rows
+    track_id = np.empty_like(track_sorted)
+    track_id[order] = track_sorted
     return track_id, event_rows
 
 
