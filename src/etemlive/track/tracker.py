@@ -243,6 +243,12 @@ def _slice_detections(det: _Detections, sel: np.ndarray | slice) -> _Detections:
     return _Detections(*(None if c is None else c[sel] for c in det))
 
 
+def _nan_to_zero(a: np.ndarray) -> np.ndarray:
+    """``a`` with NaN as 0 (``np.nan_to_num`` without its checks, which cost more than
+    the arrays of one frame)."""
+    return np.where(np.isnan(a), 0.0, a)
+
+
 def _median_rows(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
     s = np.sort(a, axis=0)
@@ -469,7 +475,9 @@ def _pairs_within(
 ) -> tuple[np.ndarray, ...]:
     """All (i, j, distance) with ``|a[i] - b[j]| <= radius`` (one radius, or one per row of
     ``a``): a sweep along x for small sets (pairs in (i, j) order), a k-d tree otherwise."""
-    r = np.broadcast_to(np.asarray(radius, dtype=float), (len(a),))
+    r = np.asarray(radius, dtype=float)
+    if r.ndim == 0:
+        r = np.full(len(a), float(r))
     if len(a) * len(b) <= _DENSE_PAIRS:
         # few enough to measure every pair: no sort, pairs come out in (i, j) order
         d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
@@ -938,26 +946,25 @@ class Tracker:
             return None  # no clear peak (featureless or very noisy frames)
         return np.array([dx, dy]) * factor * self.pixel_size_nm
 
+    def _mostly_near(
+        self, ti: np.ndarray, dj: np.ndarray, dist: np.ndarray, n_tracks: int, n_det: int
+    ) -> bool:
+        """Whether at least half the detections (of the smaller side) have a track within
+        ``gate_nm`` among the gated pairs: then there was no stage jump to look for."""
+        cfg = self.config
+        if n_tracks < cfg.min_drift_matches or n_det < cfg.min_drift_matches:
+            return True  # too few to tell a jump: :meth:`_drift_mode` would say none
+        near = np.zeros(n_det, dtype=bool)
+        near[dj[dist < cfg.gate_nm]] = True
+        return np.count_nonzero(near) >= 0.5 * min(n_tracks, n_det)
+
     def _drift_mode(self, pred: np.ndarray, det: np.ndarray) -> np.ndarray:
         """Coarse frame-to-frame displacement: the mode of detection-minus-prediction
         vectors over near neighbours, so a stage jump larger than the gate is still found."""
         cfg = self.config
         if len(pred) < cfg.min_drift_matches or len(det) < cfg.min_drift_matches:
             return np.zeros(2)
-        # most detections already have a track within the gate: no jump to look for
-        enough = 0.5 * min(len(pred), len(det))
-        if len(pred) * len(det) <= 16384:  # small frames: brute force beats building a tree
-            d2 = (det[:, None, 0] - pred[None, :, 0]) ** 2 + (
-                det[:, None, 1] - pred[None, :, 1]
-            ) ** 2
-            if np.count_nonzero(d2.min(axis=1) < cfg.gate_nm**2) >= enough:
-                return np.zeros(2)
-            tree = cKDTree(pred)
-        else:
-            tree = cKDTree(pred)
-            near, _ = tree.query(det, k=1, distance_upper_bound=cfg.gate_nm)
-            if np.isfinite(near).sum() >= enough:
-                return np.zeros(2)
+        tree = cKDTree(pred)
         k = min(4, len(pred))
         dist, idx = tree.query(det, k=k, distance_upper_bound=cfg.max_drift_nm)
         dist = np.asarray(dist).reshape(len(det), k)
@@ -1097,23 +1104,30 @@ class Tracker:
         d_inc = self._drift_from_image(image, needed=prev_seen < max(cfg.min_drift_matches, 1))
         drift_from_image = d_inc is not None
         jumped = False
+        look_for_jump = False
         if d_inc is None:
             if cfg.drift in ("auto", "matches"):
                 # stage drift is smooth: expect the last drift velocity, then look for a jump
-                guess = self._drift_vel * steps
-                jump = self._drift_mode(pred, det_raw - self._drift - guess)
-                jumped = bool(np.any(jump))
-                d_inc = guess + jump
+                d_inc = self._drift_vel * steps
+                look_for_jump = True
             else:
                 d_inc = np.zeros(2)
         det = det_raw - (self._drift + d_inc)
 
         # 3. gating and costs
+        ti, dj, dist, gate = self._gated_pairs(pred, det, det_edge)
+        if look_for_jump and not self._mostly_near(ti, dj, dist, len(pred), len(det)):
+            jump = self._drift_mode(pred, det)
+            if np.any(jump):
+                jumped = True
+                d_inc = d_inc + jump
+                det = det_raw - (self._drift + d_inc)
+                ti, dj, dist, gate = self._gated_pairs(pred, det, det_edge)
         overlap = None
         if use_labels and self._prev_labels is not None:
             shift = tuple(int(round(v)) for v in d_inc / self.pixel_size_nm)
             overlap = _Overlap(self._prev_labels, np.asarray(labels), shift)
-        ti, dj, cost = self._gated_costs(pred, det, diam, area, det_label, overlap, det_edge)
+        cost = self._pair_costs(ti, dj, dist, gate, diam, area, det_label, overlap, det_edge)
         m_t, m_d = solve_gated_assignment(
             len(self._ids), len(det), ti, dj, cost, cfg.unmatched_cost
         )
@@ -1333,20 +1347,15 @@ class Tracker:
         limit = np.where(shrinking, min(cfg.max_gap_frames, 2), cfg.max_gap_frames)
         return np.where(may_return, max(cfg.edge_gap_frames, cfg.max_gap_frames), limit)
 
-    def _gated_costs(
-        self,
-        pred: np.ndarray,
-        det: np.ndarray,
-        diam: np.ndarray,
-        area: np.ndarray,
-        det_label: np.ndarray,
-        overlap: _Overlap | None,
-        det_edge: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _gated_pairs(
+        self, pred: np.ndarray, det: np.ndarray, det_edge: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(track row, detection, distance nm) of every pair inside the track's gate, and
+        the gates (nm, one per track)."""
         cfg = self.config
         if len(pred) == 0 or len(det) == 0:
             z = np.zeros(0, dtype=np.int64)
-            return z, z, np.zeros(0)
+            return z, z, np.zeros(0), np.zeros(len(pred))
         missed = self._missed
         # a missed track's gate widens with the gap, by at most gate_growth_per_gap x gate
         # per frame and by at most _GAP_SIGMAS of its own typical steps x sqrt(gap) (a
@@ -1380,6 +1389,23 @@ class Tracker:
         if exited.any():
             ok = ~exited[ti] | det_edge[dj]  # it can only come back through the border
             ti, dj, dist = ti[ok], dj[ok], dist[ok]
+        return ti, dj, dist, gate
+
+    def _pair_costs(
+        self,
+        ti: np.ndarray,
+        dj: np.ndarray,
+        dist: np.ndarray,
+        gate: np.ndarray,
+        diam: np.ndarray,
+        area: np.ndarray,
+        det_label: np.ndarray,
+        overlap: _Overlap | None,
+        det_edge: np.ndarray,
+    ) -> np.ndarray:
+        """The assignment cost of each gated pair (:meth:`_gated_pairs`)."""
+        cfg = self.config
+        missed = self._missed
         # a track missed for m frames has a wider gate but pays gap_cost per missed frame,
         # so a stale track never wins a particle from the track that saw it last frame
         # (capped: a track back after a long absence is still a good link)
@@ -1389,7 +1415,7 @@ class Tracker:
             # fragment: an established track wins a particle from it (only where one
             # competes, so a young track alone is linked as easily as any other)
             tentative = self._hits[ti] < cfg.confirm_hits
-            contested = np.bincount(dj[~tentative], minlength=len(det)) > 0
+            contested = np.bincount(dj[~tentative], minlength=len(diam)) > 0
             cost = cost + cfg.tentative_cost * (tentative & contested[dj])
         if cfg.size_weight:
             ratio = diam[dj] / self._dsm[ti]  # zero / NaN sizes: no term
@@ -1402,11 +1428,11 @@ class Tracker:
             prev_lab = np.where(self._seen[ti] == self._prev_labels_frame, self._label[ti], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
             px2 = self.pixel_size_nm**2  # areas in px from the tables, not recounted
-            union = np.nan_to_num(self._area[ti] / px2 + area[dj] / px2) - inter
+            union = _nan_to_zero(self._area[ti] / px2 + area[dj] / px2) - inter
             has = prev_lab > 0
             iou = np.where(has & (union > 0), inter / np.maximum(union, 1), 0.0)
             cost = cost + cfg.overlap_weight * np.where(has, 1.0 - iou, 0.5)
-        return ti, dj, cost
+        return cost
 
     def _find_merges(
         self,
@@ -1451,7 +1477,7 @@ class Tracker:
         if overlap is not None:
             prev_lab = np.where(self._seen[ci] == self._prev_labels_frame, self._label[ci], 0)
             inter = overlap.intersection(prev_lab, det_label[dj])
-            frac = inter / np.maximum(np.nan_to_num(self._area[ci] / self.pixel_size_nm**2), 1)
+            frac = inter / np.maximum(_nan_to_zero(self._area[ci] / self.pixel_size_nm**2), 1)
             # the masks overlap, or (fast Brownian particles whose masks do not) they touched
             ok = ((prev_lab > 0) & (frac >= cfg.merge_overlap)) | (dd <= reach)
         else:
@@ -1501,7 +1527,7 @@ class Tracker:
         # a young track that collapsed is a fragment, not a particle hidden
         old = np.flatnonzero(self._hits[rows] >= cfg.confirm_hits)
         nb = np.flatnonzero(self._hits >= cfg.confirm_hits)
-        diam = np.nan_to_num(self._diam[nb])
+        diam = _nan_to_zero(self._diam[nb])
         if len(old) == 0 or len(nb) < 2 or not diam.max() > 0:
             return hidden
         r = rows[old]
@@ -1578,7 +1604,7 @@ class Tracker:
         rows = np.flatnonzero(lost)
         if len(rows) == 0:
             return np.zeros(len(pos), dtype=bool)
-        r_lost = np.nan_to_num(self._diam[rows]) / 2 + 2 * self._step[rows]
+        r_lost = _nan_to_zero(self._diam[rows]) / 2 + 2 * self._step[rows]
         radius = float(np.nanmax(diam, initial=0.0)) / 2 + float(r_lost.max())
         i, j, dist = _pairs_within(pos, pred[rows], radius)
         ok = dist <= diam[i] / 2 + r_lost[j]
@@ -1670,7 +1696,7 @@ class Tracker:
             if overlap is not None:
                 prev_lab = np.where(self._seen[p] == self._prev_labels_frame, self._label[p], 0)
                 inter = overlap.intersection(prev_lab, det_label[u])
-                frac = inter / np.maximum(np.nan_to_num(area[u] / self.pixel_size_nm**2), 1)
+                frac = inter / np.maximum(_nan_to_zero(area[u] / self.pixel_size_nm**2), 1)
                 ok &= (prev_lab == 0) | (frac >= cfg.merge_overlap)
             child_of[u[ok]] = self._ids[p[ok]]
         return child_of
