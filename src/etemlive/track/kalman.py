@@ -156,34 +156,29 @@ class ConstantVelocityModel:
         return x, P
 
     def predict(self, x: np.ndarray, P: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        # x F' and F P F' + Q with F = [[I, dt I], [0, I]], per axis
-        x = x.copy()
-        x[:, :2] += dt * x[:, 2:]
-        p, c, v = P.T
-        out = np.empty_like(P)
-        out[:, 0] = p + dt * (2.0 * c + dt * v) + self.position_noise_nm**2 * dt
-        out[:, 1] = c + dt * v
-        out[:, 2] = v + self.velocity_noise_nm_per_s**2 * dt
-        return x, out
+        # x F' and F P F' + Q; per axis F P F' is linear in (p, c, v):
+        # p + 2 dt c + dt^2 v, c + dt v, v
+        A = np.array([[1.0, 0.0, 0.0], [2.0 * dt, 1.0, 0.0], [dt * dt, dt, 1.0]])
+        q = np.array([self.position_noise_nm**2 * dt, 0.0, self.velocity_noise_nm_per_s**2 * dt])
+        return x @ self.transition(dt).T, P @ A + q
 
     def update(
         self, x: np.ndarray, P: np.ndarray, positions_nm: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         if len(x) == 0:
             return x, P
-        p, c, v = P.T
         # S = p + r^2 (the same on both axes); gains K = (p, c) / S per axis. The
-        # covariance (I - KH) P equals filterpy's Joseph form for this optimal gain.
-        s = p + self.measurement_noise_nm**2
-        k_pos = p / s
-        k_vel = c / s
+        # covariance (I - KH) P, i.e. (p - Kp p, c - Kp c, v - Kv c), equals filterpy's
+        # Joseph form for this optimal gain.
+        gain = P[:, :2] / (P[:, :1] + self.measurement_noise_nm**2)
         y = np.asarray(positions_nm, dtype=float) - x[:, :2]
-        x = x + np.concatenate([k_pos[:, None] * y, k_vel[:, None] * y], axis=1)
-        out = np.empty_like(P)
-        out[:, 0] = p - k_pos * p
-        out[:, 1] = c - k_pos * c
-        out[:, 2] = v - k_vel * c
-        return x, out
+        x = x + (gain[:, :, None] * y[:, None, :]).reshape(len(x), 4)
+        return x, P - gain[:, _GAIN_OF] * P[:, _TIMES]
+
+
+#: (I - KH) P per axis: entry k of P loses gain[_GAIN_OF[k]] x P[_TIMES[k]]
+_GAIN_OF = np.array([0, 0, 1])
+_TIMES = np.array([0, 1, 1])
 
 
 @lru_cache(maxsize=64)
