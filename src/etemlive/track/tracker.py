@@ -209,7 +209,7 @@ def _detections(
     once per frame live. ``copy``: never return the given arrays themselves (the live
     tracker keeps some in its history, and the caller's table may change)."""
     x_px, y_px, diameter_nm, area_nm2, touches_edge, label, time_s = columns
-    rows = np.flatnonzero(np.isfinite(x_px) & np.isfinite(y_px))
+    rows = _nz(np.isfinite(x_px) & np.isfinite(y_px))
     n = len(rows)
     if n == len(x_px):  # the usual case: nothing to drop
         take = (lambda c: c.copy()) if copy else (lambda c: c)
@@ -470,6 +470,12 @@ _DENSE_LIMIT = 16384
 _DENSE_PAIRS = 4096
 
 
+def _nz(mask: np.ndarray) -> np.ndarray:
+    """Indices of the true / non-zero entries of a 1-D array (``np.flatnonzero``
+    without its ravel wrapper: it runs several times a frame)."""
+    return mask.nonzero()[0]
+
+
 def _as_complex(points: np.ndarray) -> np.ndarray:
     """(n, 2) points as an (n, 1) complex view (x + iy): distances in one operation."""
     return np.ascontiguousarray(points, dtype=float).view(np.complex128)
@@ -529,7 +535,7 @@ def _compact(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     instead of a sort."""
     used = np.zeros(n, dtype=bool)
     used[idx] = True
-    return np.flatnonzero(used), (np.cumsum(used) - 1)[idx]
+    return _nz(used), (np.cumsum(used) - 1)[idx]
 
 
 def solve_gated_assignment(
@@ -601,7 +607,7 @@ def solve_gated_assignment(
 
     # Star blocks (incl. 1-to-1): the cheapest pair wins, vectorized over blocks.
     if star.any():
-        s_idx = np.flatnonzero(star)
+        s_idx = _nz(star)
         order = s_idx[np.lexsort((costs[s_idx], edge_comp[s_idx]))]
         first = np.r_[True, edge_comp[order][1:] != edge_comp[order][:-1]]
         best = order[first]
@@ -609,7 +615,7 @@ def solve_gated_assignment(
         out_c.append(cols[best])
     # Other blocks: a small dense Hungarian each.
     if not star.all():
-        b_idx = np.flatnonzero(~star)
+        b_idx = _nz(~star)
         br, bc, bcost, bcomp = rows[b_idx], cols[b_idx], costs[b_idx], edge_comp[b_idx]
         # local row / column numbers inside each block, computed once for all blocks
         r_u = np.unique(br)
@@ -618,8 +624,8 @@ def solve_gated_assignment(
         c_sorted = c_u[np.argsort(comp[c_u + n_rows], kind="stable")]
         r_comp = comp[r_sorted]
         c_comp = comp[c_sorted + n_rows]
-        r_start = np.flatnonzero(np.r_[True, r_comp[1:] != r_comp[:-1]])
-        c_start = np.flatnonzero(np.r_[True, c_comp[1:] != c_comp[:-1]])
+        r_start = _nz(np.r_[True, r_comp[1:] != r_comp[:-1]])
+        c_start = _nz(np.r_[True, c_comp[1:] != c_comp[:-1]])
         r_local = np.empty(n_rows, dtype=np.int64)
         c_local = np.empty(n_cols, dtype=np.int64)
         r_first = np.repeat(r_start, np.diff(np.r_[r_start, len(r_sorted)]))
@@ -629,7 +635,7 @@ def solve_gated_assignment(
         r_bounds = np.r_[r_start, len(r_sorted)]
         c_bounds = np.r_[c_start, len(c_sorted)]
         order = np.argsort(bcomp, kind="stable")
-        e_bounds = np.flatnonzero(np.r_[True, bcomp[order][1:] != bcomp[order][:-1], True])
+        e_bounds = _nz(np.r_[True, bcomp[order][1:] != bcomp[order][:-1], True])
         # blocks come out in increasing component number for rows, columns and edges alike
         for k, (a, b) in enumerate(zip(e_bounds[:-1], e_bounds[1:], strict=True)):
             e = order[a:b]
@@ -687,7 +693,7 @@ class _Overlap:
         if top * self._nb <= 1 << 22:
             # few labels: counting beats sorting (same keys and counts as np.unique)
             counts = np.bincount(keys, minlength=0)
-            self.keys = np.flatnonzero(counts)
+            self.keys = _nz(counts)
             self.counts = counts[self.keys]
         else:
             self.keys, self.counts = np.unique(keys, return_counts=True)
@@ -893,7 +899,7 @@ class Tracker:
     ) -> None:
         """Drop the ``gone`` tracks; those not ``merged`` vanished (one event each)."""
         vanished = gone if merged is None else gone & ~merged
-        for i in np.flatnonzero(vanished).tolist():
+        for i in _nz(vanished).tolist():
             tid = int(self._ids[i])
             self._fate[tid] = _FATE_VANISHED
             events.append((int(self._seen[i]) + 1, "vanish", str(tid), -1))
@@ -1203,7 +1209,7 @@ class Tracker:
             else:
                 m_t, m_d = np.append(m_t, new_row), np.append(m_d, j)
             matched[new_row] = True
-        unmatched_det = np.flatnonzero(det_track < 0)
+        unmatched_det = _nz(det_track < 0)
         child_of = np.full(n_det, -1, dtype=np.int64)
         if cfg.detect_splits and len(unmatched_det) and len(m_t):
             child_of = self._find_splits(
@@ -1246,7 +1252,7 @@ class Tracker:
         if blob.any():
             # a blob covers another particle: a track lost in this frame touching it (with
             # none, the jump in size is the particle itself measured larger: low-dose noise)
-            b = np.flatnonzero(blob)
+            b = _nz(blob)
             blob[b] = self._touches_lost(det[m_d[b]], diam[m_d[b]], pred, ~matched & ~ended)
         pend = self._pend_into[self._pend_into >= 0]
         if len(pend):
@@ -1279,7 +1285,7 @@ class Tracker:
         lost = ~matched & ~ended
         self._missed[lost] += 1
         self._vanish(lost & (self._missed > self._gap_limit()) | ended, events, merged=ended)
-        new_idx = np.flatnonzero(det_is_new)
+        new_idx = _nz(det_is_new)
         if len(new_idx):
             self._append_tracks(
                 det_track[new_idx],
@@ -1464,8 +1470,8 @@ class Tracker:
         lost = ~matched & (self._missed == 0)
         shrunk = lost & (self._area < cfg.vanish_fraction * self._peak)
         if shrunk.any():
-            shrunk[shrunk] = ~self._hidden(np.flatnonzero(shrunk))
-        cand = np.flatnonzero(lost & ~shrunk)
+            shrunk[shrunk] = ~self._hidden(_nz(shrunk))
+        cand = _nz(lost & ~shrunk)
         if len(cand) == 0 or len(det) == 0:
             return
         r_det = diam / 2
@@ -1531,8 +1537,8 @@ class Tracker:
         cfg = self.config
         hidden = np.zeros(len(rows), dtype=bool)
         # a young track that collapsed is a fragment, not a particle hidden
-        old = np.flatnonzero(self._hits[rows] >= cfg.confirm_hits)
-        nb = np.flatnonzero(self._hits >= cfg.confirm_hits)
+        old = _nz(self._hits[rows] >= cfg.confirm_hits)
+        nb = _nz(self._hits >= cfg.confirm_hits)
         diam = _nan_to_zero(self._diam[nb])
         if len(old) == 0 or len(nb) < 2 or not diam.max() > 0:
             return hidden
@@ -1556,7 +1562,7 @@ class Tracker:
         row_of_id = dict(zip(self._ids[m_t].tolist(), m_t.tolist(), strict=True))
         det_of_row = dict(zip(m_t.tolist(), m_d.tolist(), strict=True))
         for into in np.unique(self._pend_into[pend]).tolist():
-            absorbed = np.flatnonzero(pend & (self._pend_into == into))
+            absorbed = _nz(pend & (self._pend_into == into))
             survivor = row_of_id.get(into, -1)
             if survivor < 0 or ended[survivor]:
                 self._pend_into[absorbed] = -1  # the merge product was lost: no merge
@@ -1607,7 +1613,7 @@ class Tracker:
         """For each detection (``pos``, ``diam``, nm), whether a ``lost`` track's predicted
         particle touches it (centres within the sum of the radii plus twice the track's
         typical step)."""
-        rows = np.flatnonzero(lost)
+        rows = _nz(lost)
         if len(rows) == 0:
             return np.zeros(len(pos), dtype=bool)
         r_lost = _nan_to_zero(self._diam[rows]) / 2 + 2 * self._step[rows]
@@ -1637,7 +1643,7 @@ class Tracker:
         (over-segmentation at low dose), see :meth:`_rejoin`."""
         row_of_det = np.full(len(det), -1, dtype=np.int64)
         row_of_det[m_d] = m_t
-        old = np.flatnonzero((det_track >= 0) & ~det_is_new & (row_of_det >= 0))
+        old = _nz((det_track >= 0) & ~det_is_new & (row_of_det >= 0))
         old = old[area[old] <= self.config.split_shrink * self._area[row_of_det[old]]]
         if len(old) == 0:
             return
@@ -1715,7 +1721,7 @@ class Tracker:
         """
         events = []
         if not self._finished:
-            lost = np.flatnonzero(self._missed > 0)
+            lost = _nz(self._missed > 0)
             for i in lost.tolist():
                 tid = int(self._ids[i])
                 self._fate[tid] = _FATE_VANISHED
@@ -1775,7 +1781,7 @@ class Tracker:
             [rows[c][order] for c in ("frame", "time_s", "diameter_nm", "x_px", "y_px")], axis=1
         ).astype(np.float32)
         tid = tid[order]
-        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        starts = _nz(np.r_[True, tid[1:] != tid[:-1]])
         ends = np.r_[starts[1:], len(tid)]
         # a loop over the tracks that ended since the last call (a few), not over rows
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -1802,7 +1808,7 @@ class Tracker:
         f = rows["frame"][order]
         if len(tid) == 0:
             return {c: np.zeros(0, dtype=TRACK_COLUMNS[c]) for c in _SUMMARY_COLUMNS}
-        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        starts = _nz(np.r_[True, tid[1:] != tid[:-1]])
         ends = np.r_[starts[1:], len(tid)]
         rate = np.full(len(starts), np.nan)
         for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
@@ -1956,7 +1962,7 @@ def _link_frames(
     order = np.argsort(frames, kind="stable")
     sorted_frames = frames[order]
     bounds = (
-        np.flatnonzero(np.r_[True, sorted_frames[1:] != sorted_frames[:-1], True])
+        _nz(np.r_[True, sorted_frames[1:] != sorted_frames[:-1], True])
         if len(order)
         else np.zeros(1, int)
     )
