@@ -140,10 +140,12 @@ def render_pool(seed: int, indices: range, tile_px: int, workers: int):
 
 
 def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, texture: float = 0.0,
-            grain_max_px: float = 2.5):
+            grain_max_px: float = 2.5, polarity_bin: int = 1):
     """Dihedral transform, gamma, normalization (as normalize_frame) and noise, on x's device.
 
     x: (B,1,T,T) float32 raw counts; fg, dist: float32 targets. Returns (xn, fg, dist).
+    ``polarity_bin``: the polarity is decided on a copy area-averaged this many times
+    (``normalize_frame(polarity_bin=...)``); 1 is stage 1 / 2's rule on the raw pixels.
     """
     b = x.shape[0]
     dev = x.device
@@ -170,8 +172,15 @@ def augment(torch, x, fg, dist, gen, gen_dev=None, *, train: bool = True, textur
     q = torch.quantile(flat, torch.tensor([0.005, 0.5, 0.995], device=dev, dtype=flat.dtype), dim=1)
     lo, med, hi = (q[i].view(b, 1, 1, 1) for i in range(3))
     span = (hi - lo).clamp_min(1e-6)
-    # as normalize_frame: canonical bright-field polarity (dark field inverted)
-    xn = torch.where(hi - med > med - lo, (hi - x) / span, (x - lo) / span)
+    # as normalize_frame: canonical bright-field polarity (dark field inverted), decided on
+    # an area-averaged copy when polarity_bin > 1 (shot noise's own bright tail averaged out)
+    if polarity_bin > 1:
+        xb = torch.nn.functional.avg_pool2d(x, polarity_bin).reshape(b, -1)
+        qb = torch.quantile(xb, torch.tensor([0.005, 0.5, 0.995], device=dev, dtype=xb.dtype), dim=1)
+        bright = (qb[2] - qb[1] > qb[1] - qb[0]).view(b, 1, 1, 1)
+    else:
+        bright = hi - med > med - lo
+    xn = torch.where(bright, (hi - x) / span, (x - lo) / span)
     if train:
         sigma = (torch.rand(b, generator=gen) * 0.08 * (torch.rand(b, generator=gen) < 0.5)).to(dev)
         noise = torch.randn(x.shape, generator=gen_dev, device=dev)
@@ -280,7 +289,7 @@ def train(args: argparse.Namespace) -> dict:
             g["lr"] = lr
         idx = torch.randint(0, args.samples, (args.batch,), generator=gen).to(device)
         xb, fb, db = augment(torch, X[idx], FG[idx].float(), DI[idx].float(), gen, gen_dev, texture=args.texture,
-                                 grain_max_px=args.grain_max_px)
+                             grain_max_px=args.grain_max_px, polarity_bin=args.polarity_bin)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         model.train()
@@ -309,7 +318,7 @@ def train(args: argparse.Namespace) -> dict:
         "samples": args.samples, "lr": args.lr, "texture": args.texture, "init": args.init,
         "sampler": args.sampler, "grain_max_px": args.grain_max_px,
         "low_dose_fraction": args.low_dose_fraction, "faceted_fraction": args.faceted_fraction,
-        "nucleation": args.nucleation, "threads": args.threads, "device": _device_name(torch, device),
+        "nucleation": args.nucleation, "polarity_bin": args.polarity_bin, "threads": args.threads, "device": _device_name(torch, device),
         "train_s": round(train_s, 1), "render_s": round(t_data, 1),
         "parameters": count_parameters(model), "torch": str(torch.__version__),
         "python": platform.python_version(), "eval": ev,
@@ -345,7 +354,7 @@ def evaluate(torch, model, args, device) -> dict:
             x = torch.from_numpy(img[b0 : b0 + 32]).to(device)
             f = torch.from_numpy(fg[b0 : b0 + 32]).to(device).float()
             d = torch.from_numpy(dist[b0 : b0 + 32]).to(device).float()
-            xn, f, d = augment(torch, x, f, d, None, None, train=False)
+            xn, f, d = augment(torch, x, f, d, None, None, train=False, polarity_bin=args.polarity_bin)
             logits = model(xn).float()
             loss, _ = segmentation_loss(logits, f, d)
             losses.append(float(loss))
@@ -384,6 +393,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of render_training_sample scenes forced to faceted / rods / mixed solids")
     p.add_argument("--nucleation", action="store_true",
                    help="also draw movie frames of the nucleation scenario (tiny particles)")
+    p.add_argument("--polarity-bin", type=int, default=1, choices=(1, 2, 4),
+                   help="decide the canonical polarity on a copy area-averaged this many times "
+                        "(4: as the shipped normalize_frame since stage 3; 1: stage 1-2 rule)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--init", default="", help="start from these weights (fine-tuning)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this training time (0 = off)")

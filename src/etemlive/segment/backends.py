@@ -64,7 +64,9 @@ class Runner(Protocol):
 
 
 # ---------------------------------------------------------------- pre-processing
-def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+def normalize_frame(
+    image: np.ndarray, *, low_pct: float = 0.5, high_pct: float = 99.5, polarity_bin: int | None = None
+) -> np.ndarray:
     """Robust per-frame normalization to bright-field polarity: background ~1, particles ~0.
 
     Percentiles ``low_pct``/``high_pct`` map to 0/1. Polarity is made canonical: when
@@ -72,6 +74,14 @@ def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float 
     bright particles on a dark background) the frame is inverted. The network then
     only ever sees dark particles, so bright grains of a carbon film are never taken
     for dark-field particles (they were, on real bright-field images, before this).
+    The tails are compared on a copy area-averaged ``polarity_bin`` x ``polarity_bin``
+    (default :data:`POLARITY_BIN`, 4): shot noise is itself skewed (Poisson, skewness
+    ``1 / sqrt(counts)``: a long bright tail at a few e-/px), and so is strong
+    correlated noise, so on the raw pixels a noisy bright-field frame reads as dark
+    field and is inverted (28 % of the stage-2 training tiles, all 22 low-dose
+    simulator frames checked, all 12 ``samem_nanorod`` frames). Averaging 16 pixels
+    divides that skewness by 4 while particles larger than the block keep their
+    contrast. Frames under 64 px decide on the raw pixels.
     Percentiles are taken on a strided subsample (~65k px) so a 2048^2 frame costs
     a few ms; values are clipped to [-0.5, 1.5] to tame hot pixels.
 
@@ -79,6 +89,9 @@ def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float 
     ----------
     image : ndarray (H, W)
         Any real dtype.
+    polarity_bin : int or None
+        Side (px) of the blocks averaged before the polarity decision; 1 decides
+        on the raw pixels (the rule of the stage 1-2 training); None: :data:`POLARITY_BIN`.
 
     Returns
     -------
@@ -93,13 +106,36 @@ def normalize_frame(image: np.ndarray, *, low_pct: float = 0.5, high_pct: float 
     check_frame(img)
     img = img.astype(np.float32, copy=False)
     step = max(1, int(np.sqrt(img.size / 65536)))
-    lo, med, hi = np.percentile(img[::step, ::step], [low_pct, 50.0, high_pct])
+    lo, hi = np.percentile(img[::step, ::step], [low_pct, high_pct])
     scale = 1.0 / max(float(hi - lo), 1e-6)
-    if hi - med > med - lo:  # bright tail longer: dark field / HAADF -> invert to bright field
-        out = (np.float32(hi) - img) * np.float32(scale)
+    if dark_field_polarity(img, low_pct=low_pct, high_pct=high_pct, polarity_bin=polarity_bin):
+        out = (np.float32(hi) - img) * np.float32(scale)  # invert to bright field
     else:
         out = (img - np.float32(lo)) * np.float32(scale)
     return np.clip(out, -0.5, 1.5, out=out)
+
+
+#: Block side (px) of the area average on which :func:`normalize_frame` decides the polarity.
+POLARITY_BIN = 4
+
+
+def dark_field_polarity(
+    image: np.ndarray, *, low_pct: float = 0.5, high_pct: float = 99.5, polarity_bin: int | None = None
+) -> bool:
+    """True when the frame's bright histogram tail is longer than its dark one (dark field / HAADF).
+
+    Decided on the frame area-averaged in ``polarity_bin`` x ``polarity_bin`` blocks
+    (default :data:`POLARITY_BIN`; see :func:`normalize_frame`), on a strided
+    subsample of ~65k px. ``image`` is 2-D float32, already checked.
+    """
+    b = POLARITY_BIN if polarity_bin is None else int(polarity_bin)
+    h, w = image.shape
+    if b > 1 and min(h, w) >= 16 * b:
+        # exact b x b block means (cv2 INTER_AREA on an integer factor), as avg_pool2d in training
+        image = cv2.resize(image[: h - h % b, : w - w % b], (w // b, h // b), interpolation=cv2.INTER_AREA)
+    step = max(1, int(np.sqrt(image.size / 65536)))
+    lo, med, hi = np.percentile(image[::step, ::step], [low_pct, 50.0, high_pct])
+    return bool(hi - med > med - lo)
 
 
 def check_frame(image: np.ndarray) -> None:
@@ -299,35 +335,51 @@ class UNetSegmenter:
         )
 
     def _labels_checked(self, image: np.ndarray, maps: np.ndarray) -> np.ndarray:
-        # instances + scale check, run on the instance thread pool
-        return self._check_scale(image, self._instances(maps))
+        # scale check + instances, run on the instance thread pool
+        return self._check_scale(image, maps)
 
-    def _check_scale(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Re-segment binned 2x (then 4x) when the typical detection is implausibly small.
+    def _raw_detection_diameters(self, maps: np.ndarray) -> np.ndarray:
+        """Equivalent diameters (px) of the connected regions of ``prob > threshold``
+        (at least ``min_area_px``): the network's detections before the instance
+        step's splits and confidence filters."""
+        thr = self.threshold * 255.0 if maps.dtype == np.uint8 else self.threshold
+        mask = (maps[0] > thr).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        area = stats[1:, cv2.CC_STAT_AREA]
+        return 2.0 * np.sqrt(area[area >= self.min_area_px] / np.pi)
 
-        The network was trained on particles >= ~4 px. On real frames whose support
-        film is grainy at the pixel scale (e.g. msa_sintering: 60-80 px particles on a
-        carbon film with 2-4 px grains) it reads the grains as particles: hundreds of
-        detections with a median diameter of 4-5 px. Every simulator scenario gave a
-        median >= 7 px and real ardagen images >= 6.8 px, so a median below
-        ``min_median_diameter_px`` (6) over >= 20 detections triggers an analysis of
-        the frame binned 2x (area average), and again at 4x if still below; labels
-        are scaled back with nearest-neighbour.
+    def _check_scale(self, image: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """Instance labels of ``image`` from its ``maps``, re-analysed binned 2x (then 4x)
+        when the typical detection is implausibly small.
+
+        The network was trained on particles >= ~4 px and on white (shot) noise. On
+        real frames with structure at the pixel scale it reads that structure as
+        particles: the carbon-film grain of ``msa_sintering`` (60-80 px particles,
+        2-4 px grains) and the strong, spatially correlated (JPEG / liquid-cell)
+        noise of ``samem_nanorod`` (one 60 x 25 px rod, ~900 noise blobs). Every
+        simulator scenario gave a median >= 7 px and real ardagen images >= 6.8 px,
+        so a median diameter below ``min_median_diameter_px`` (6) over >= 20 raw
+        detections triggers an analysis of the frame binned 2x (area average: noise
+        correlated over ~b px becomes ~white again, particles stay), and again at 4x
+        if still below; labels are scaled back with nearest-neighbour.
+        The decision uses the raw detections (connected regions of ``prob >
+        threshold``), not the final instances: the instance step's confidence filters
+        remove exactly the small, unsure blobs that show the frame is too fine for
+        the network (with them, this check had stopped triggering: samem F1 0.04).
         """
         b = 1
         h, w = image.shape
         while self.auto_bin and b < self.max_bin and min(h, w) // (2 * b) >= MIN_SIZE_PX:
-            area = np.bincount(labels.ravel())[1:]
-            area = area[area > 0]
-            if area.size < 20 or 2 * np.sqrt(np.median(area) / np.pi) >= self.min_median_diameter_px:
+            diameter_px = self._raw_detection_diameters(maps)
+            if diameter_px.size < 20 or np.median(diameter_px) >= self.min_median_diameter_px:
                 break
             b *= 2
             small = cv2.resize(np.asarray(image, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
-            labels = self._instances(self._maps([small])[0])
+            maps = self._maps([small])[0]
+        labels = self._instances(maps)
+        self.last_bin = b
         if b > 1:
-            self.last_bin = b
             return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        self.last_bin = 1
         return labels
 
     def segment(self, image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
@@ -337,7 +389,7 @@ class UNetSegmenter:
         :class:`~etemlive.errors.CalibrationError` for a bad pixel size.
         """
         validate_pixel_size_nm(pixel_size_nm)
-        return self._check_scale(np.asarray(image), self._instances(self._maps([image])[0]))
+        return self._check_scale(np.asarray(image), self._maps([image])[0])
 
     def segment_batch(self, images: Sequence[np.ndarray], pixel_size_nm: float) -> list[np.ndarray]:
         """Labels of several queued frames: one network batch, instance steps on a thread pool."""
@@ -586,7 +638,15 @@ class TorchCudaRunner:
             sub = x[:, ::step, ::step].reshape(n, -1)
             q = torch.quantile(sub, torch.tensor([0.005, 0.5, 0.995], device=x.device), dim=1)
             scale = 1.0 / (q[2] - q[0]).clamp_min(1e-6)
-            dark_field = (q[2] - q[1]) > (q[1] - q[0])  # as normalize_frame: invert dark field
+            if POLARITY_BIN > 1 and min(h, w) >= 16 * POLARITY_BIN:
+                # as dark_field_polarity: tails of the block-averaged frame decide
+                xb = F.avg_pool2d(x[:, None], POLARITY_BIN)[:, 0]
+                bstep = max(1, int(np.sqrt(xb.shape[1] * xb.shape[2] / 65536)))
+                qb = torch.quantile(xb[:, ::bstep, ::bstep].reshape(n, -1),
+                                    torch.tensor([0.005, 0.5, 0.995], device=x.device), dim=1)
+            else:
+                qb = q
+            dark_field = (qb[2] - qb[1]) > (qb[1] - qb[0])  # as normalize_frame: invert dark field
             sign = torch.where(dark_field, -scale, scale).view(n, 1, 1)
             origin = torch.where(dark_field, q[2], q[0]).view(n, 1, 1)
             xn = ((x - origin) * sign).clamp_(-0.5, 1.5)
