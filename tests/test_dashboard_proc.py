@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -69,8 +70,11 @@ class _StillRunning:
         self.pipeline.stop()
 
 
-def _read(provider, tries=200):
-    for _ in range(tries):
+def _read(provider, within_s=30.0):
+    # a deadline, not a number of polls: on a loaded 2-core box the run's first frame can
+    # take seconds to arrive
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
         snap = provider.latest_snapshot()
         if snap is not None and provider._pending_since is None:
             return snap
