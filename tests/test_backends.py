@@ -405,3 +405,24 @@ def test_rod_in_strong_correlated_noise_is_found():
     score = metrics.score_against_mask(lab, rod, 1.0)
     assert score["n_matched"] == 1, score
     assert lab.max() <= 3
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (301, 517), (48, 40)])
+@pytest.mark.parametrize("dose", [5.0, 500.0])
+def test_gpu_normalization_matches_normalize_frame(shape, dose):
+    """The GPU path's normalization (run here on CPU tensors) equals normalize_frame,
+    polarity decision included."""
+    if not HAS_TORCH:
+        pytest.skip("torch is not installed")
+    import torch
+
+    from etemlive.segment.backends import normalize_frames_torch
+
+    crop = (slice(0, shape[0]), slice(0, shape[1]))
+    frames = [_rod_frame(dose, seed=s, size=max(shape))[0][crop] for s in range(2)]
+    rod = _rod_frame(dose, size=max(shape))[1][crop]
+    frames.append(np.random.default_rng(2).poisson(np.where(rod, 0.5, 0.1) * dose)
+                  .astype(np.float32))  # dark field: bright rod
+    got = normalize_frames_torch(torch.from_numpy(np.stack(frames))).numpy()
+    for g, f in zip(got, frames, strict=True):
+        np.testing.assert_allclose(g, normalize_frame(f), atol=1e-4)

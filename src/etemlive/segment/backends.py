@@ -138,6 +138,31 @@ def dark_field_polarity(
     return bool(hi - med > med - lo)
 
 
+def normalize_frames_torch(x):
+    """:func:`normalize_frame` of a (N, H, W) float32 torch tensor on its own device (GPU path).
+
+    Same percentiles (linear interpolation, strided ~65k px subsample), polarity from
+    the tails of the ``POLARITY_BIN`` block means, clip to [-0.5, 1.5].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = x.shape
+    probs = torch.tensor([0.005, 0.5, 0.995], device=x.device)
+    step = max(1, int(np.sqrt(h * w / 65536)))
+    q = torch.quantile(x[:, ::step, ::step].reshape(n, -1), probs, dim=1)
+    scale = 1.0 / (q[2] - q[0]).clamp_min(1e-6)
+    qb = q
+    if POLARITY_BIN > 1 and min(h, w) >= 16 * POLARITY_BIN:
+        xb = F.avg_pool2d(x[:, None], POLARITY_BIN)[:, 0]  # exact block means, as dark_field_polarity
+        bstep = max(1, int(np.sqrt(xb.shape[1] * xb.shape[2] / 65536)))
+        qb = torch.quantile(xb[:, ::bstep, ::bstep].reshape(n, -1), probs, dim=1)
+    dark_field = (qb[2] - qb[1]) > (qb[1] - qb[0])  # invert dark field
+    sign = torch.where(dark_field, -scale, scale).view(n, 1, 1)
+    origin = torch.where(dark_field, q[2], q[0]).view(n, 1, 1)
+    return ((x - origin) * sign).clamp_(-0.5, 1.5)
+
+
 def check_frame(image: np.ndarray) -> None:
     """Raise :class:`InputError` for a frame that is not 2-D real numbers or holds NaN/inf."""
     if image.ndim != 2 or image.size == 0:
@@ -630,26 +655,11 @@ class TorchCudaRunner:
         host_np = raw["host"].numpy()
         for i, f in enumerate(frames):
             host_np[i] = f.view(np.int16) if dt == np.uint16 else f
-        step = max(1, int(np.sqrt(h * w / 65536)))
         with torch.cuda.stream(self.stream), torch.inference_mode():
             raw["dev"].copy_(raw["host"], non_blocking=True)
             x = raw["dev"]
             x = (x.to(torch.int32) & 0xFFFF).float() if dt == np.uint16 else x.float()
-            sub = x[:, ::step, ::step].reshape(n, -1)
-            q = torch.quantile(sub, torch.tensor([0.005, 0.5, 0.995], device=x.device), dim=1)
-            scale = 1.0 / (q[2] - q[0]).clamp_min(1e-6)
-            if POLARITY_BIN > 1 and min(h, w) >= 16 * POLARITY_BIN:
-                # as dark_field_polarity: tails of the block-averaged frame decide
-                xb = F.avg_pool2d(x[:, None], POLARITY_BIN)[:, 0]
-                bstep = max(1, int(np.sqrt(xb.shape[1] * xb.shape[2] / 65536)))
-                qb = torch.quantile(xb[:, ::bstep, ::bstep].reshape(n, -1),
-                                    torch.tensor([0.005, 0.5, 0.995], device=x.device), dim=1)
-            else:
-                qb = q
-            dark_field = (qb[2] - qb[1]) > (qb[1] - qb[0])  # as normalize_frame: invert dark field
-            sign = torch.where(dark_field, -scale, scale).view(n, 1, 1)
-            origin = torch.where(dark_field, q[2], q[0]).view(n, 1, 1)
-            xn = ((x - origin) * sign).clamp_(-0.5, 1.5)
+            xn = normalize_frames_torch(x)
             xn = F.pad(xn[:, None], (0, wp - w, 0, hp - h), mode="reflect")
             slot["dev_in"].copy_(xn)
             if "graph" in slot:
