@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from etemlive.errors import InputError
-from etemlive.segment.instances import maps_to_instances, merge_shallow_splits, training_targets
+from etemlive.segment.instances import (
+    keep_consistent_contrast,
+    maps_to_instances,
+    merge_shallow_splits,
+    training_targets,
+)
 
 
 def disk_labels(shape, disks):
@@ -201,3 +206,41 @@ def test_neck_keeps_touching_disks_apart_when_the_distance_map_barely_dips():
     dist = np.where(lab > 0, np.maximum(*bump), 0.0).astype(np.float32)
     assert maps_to_instances(prob, dist, merge_neck_ratio=0).max() == 1
     assert maps_to_instances(prob, dist).max() == 2
+
+
+@pytest.mark.parametrize("bright_field", [True, False])
+def test_opposite_contrast_blob_is_dropped(bright_field):
+    """Two large particles of one contrast and a small blob of the other: the blob goes,
+    in either polarity (the sign comes from the detections, area-weighted)."""
+    lab = disk_labels((60, 80), [(20, 20, 9), (35, 55, 12), (50, 15, 3)])
+    particle, background, blob = (40.0, 100.0, 130.0) if bright_field else (160.0, 30.0, 10.0)
+    image = np.full(lab.shape, background, np.float32)
+    image[(lab == 1) | (lab == 2)] = particle
+    image[lab == 3] = blob
+    out = keep_consistent_contrast(lab, image, lab > 0)
+    assert out.dtype == np.int32 and out.max() == 2
+    np.testing.assert_array_equal(out > 0, (lab == 1) | (lab == 2))
+    assert np.unique(out[lab == 2]).tolist() == [2]  # renumbered 1..M, order kept
+
+
+def test_consistent_contrast_keeps_everything_and_enclosed_instances():
+    lab = disk_labels((40, 40), [(20, 20, 12), (20, 20, 3)])  # 2 inside 1: no background ring
+    image = np.full(lab.shape, 100.0, np.float32)
+    image[lab == 1] = 50.0
+    image[lab == 2] = 200.0  # opposite contrast, but no ring to compare with: kept
+    out = keep_consistent_contrast(lab, image, lab > 0)
+    np.testing.assert_array_equal(out, lab)
+    # pixels the network calls particle but no instance holds (a dropped, darker
+    # detection around particle 2) are not its background: its ring is the 100 beyond
+    lab2 = disk_labels((40, 60), [(20, 12, 8), (20, 40, 4)])
+    yy, xx = np.mgrid[:40, :60]
+    halo = ((yy - 20) ** 2 + (xx - 40) ** 2 <= 36) & (lab2 == 0)
+    image2 = np.full(lab2.shape, 100.0, np.float32)
+    image2[lab2 == 1] = 50.0
+    image2[lab2 == 2] = 70.0
+    image2[halo] = 40.0
+    out2 = keep_consistent_contrast(lab2, image2, (lab2 > 0) | halo)
+    assert out2.max() == 2
+    # (were the halo taken as background, particle 2 would look brighter than it: dropped)
+    assert keep_consistent_contrast(lab2, image2, lab2 > 0).max() == 1
+    assert keep_consistent_contrast(np.zeros((5, 5), np.int32), np.ones((5, 5)), np.zeros((5, 5), bool)).max() == 0

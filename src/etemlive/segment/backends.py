@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from ..frames import validate_pixel_size_nm
-from .instances import maps_to_instances
+from .instances import keep_consistent_contrast, maps_to_instances
 
 #: Backends accepted by :func:`make_segmenter` (and the CLI's ``--backend``).
 BACKENDS = ("auto", "tensorrt", "onnx", "torch", "classical")
@@ -253,6 +253,9 @@ class UNetSegmenter:
         Scale check (:meth:`_check_scale`): a frame whose detections have a median
         diameter below ``min_median_diameter_px`` is analysed binned 2x, up to
         ``max_bin``.
+    consistent_contrast : bool
+        Drop instances whose contrast sign disagrees with the frame's particles
+        (:func:`~etemlive.segment.instances.keep_consistent_contrast`).
     """
 
     def __init__(
@@ -269,6 +272,7 @@ class UNetSegmenter:
         auto_bin: bool = True,
         min_median_diameter_px: float = 6.0,
         max_bin: int = 4,
+        consistent_contrast: bool = True,
     ) -> None:
         if tile_px % SIZE_MULTIPLE or tile_px < 2 * overlap_px or tile_px < MIN_SIZE_PX:
             raise ValueError(f"tile_px must be a multiple of 16 and >= 2 overlap_px, got {tile_px}")
@@ -285,6 +289,7 @@ class UNetSegmenter:
         self.auto_bin = bool(auto_bin)
         self.min_median_diameter_px = float(min_median_diameter_px)
         self.max_bin = int(max_bin)
+        self.consistent_contrast = bool(consistent_contrast)
         self.last_bin = 1  # binning used for the last frame (1 = native)
         # Frames the pipeline should gather per network call: on a GPU a batch of
         # queued frames costs little more than one; a CPU gains nothing from it.
@@ -394,14 +399,18 @@ class UNetSegmenter:
         """
         b = 1
         h, w = image.shape
+        analysed = image
         while self.auto_bin and b < self.max_bin and min(h, w) // (2 * b) >= MIN_SIZE_PX:
             diameter_px = self._raw_detection_diameters(maps)
             if diameter_px.size < 20 or np.median(diameter_px) >= self.min_median_diameter_px:
                 break
             b *= 2
-            small = cv2.resize(np.asarray(image, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
-            maps = self._maps([small])[0]
+            analysed = cv2.resize(np.asarray(image, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
+            maps = self._maps([analysed])[0]
         labels = self._instances(maps)
+        if self.consistent_contrast:
+            thr = self.threshold * 255.0 if maps.dtype == np.uint8 else self.threshold
+            labels = keep_consistent_contrast(labels, analysed, maps[0] > thr)
         self.last_bin = b
         if b > 1:
             return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -398,3 +398,70 @@ def _relabel_kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels]
+
+
+#: Width (px, at the analysed sampling) of the ring of background around each instance
+#: whose mean intensity is the instance's local background in :func:`keep_consistent_contrast`.
+CONTRAST_RING_PX = 3
+
+
+def keep_consistent_contrast(
+    labels: np.ndarray, image: np.ndarray, particle_mask: np.ndarray, *, ring_px: int = CONTRAST_RING_PX
+) -> np.ndarray:
+    """Drop instances whose contrast sign disagrees with the frame's particles.
+
+    In one TEM frame every particle has the same contrast sign (mass-thickness or
+    Z contrast: all darker than the support in bright field, all brighter in dark
+    field / HAADF). Each instance's contrast is its local background (mean of the
+    ``ring_px`` ring of non-particle pixels around it) minus its own mean; the
+    frame's sign is that of the area-weighted sum over all instances (large, clear
+    particles dominate), and instances of the other sign are removed: on grainy
+    real carbon films the network also marks small blobs of the opposite contrast
+    (``msa_sintering`` test set: 28 of its 40 false detections, no true one lost;
+    simulator seeds 3004-3005, all scenarios and doses: none of 10 728 instances
+    removed). The sign is taken from the
+    detections themselves, so a frame whose canonical polarity was decided wrongly
+    keeps its particles. Instances with no background ring (fully enclosed) are kept.
+    No threshold: only the sign is used.
+
+    Parameters
+    ----------
+    labels : ndarray (H, W) int
+        Instances, 0 = background, 1..N.
+    image : ndarray (H, W)
+        The frame at the same sampling (raw intensities, either polarity).
+    particle_mask : ndarray (H, W) bool
+        Pixels the network calls particle (``prob > threshold``): excluded from rings.
+    ring_px : int
+        Ring width, px.
+
+    Returns
+    -------
+    ndarray (H, W) int32
+        Kept instances renumbered 1..M.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    if n == 0:
+        return labels.astype(np.int32, copy=False)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
+    # the labels grown by ring_px (grey dilation; where two grow into the same pixel the
+    # larger label takes it); only the grown pixels are visited (sparse frames: few)
+    grown = cv2.dilate(labels.astype(np.float32), k).ravel()
+    sel = np.flatnonzero(grown)
+    g = grown[sel].astype(np.int64)
+    lab = labels.ravel()[sel].astype(np.int64)
+    val = np.asarray(image, np.float32).ravel()[sel]
+    area = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    inside = np.bincount(lab, weights=val, minlength=n + 1)
+    ring = (lab == 0) & ~np.asarray(particle_mask, bool).ravel()[sel]  # background pixels only
+    ring_n = np.bincount(g[ring], minlength=n + 1).astype(np.float64)
+    ring_sum = np.bincount(g[ring], weights=val[ring], minlength=n + 1)
+    has_ring = ring_n > 0
+    contrast = np.zeros(n + 1)
+    contrast[has_ring] = ring_sum[has_ring] / ring_n[has_ring] - inside[has_ring] / area[has_ring]
+    sign = 1.0 if float(np.sum(contrast * area)) >= 0 else -1.0
+    keep = sign * contrast >= 0
+    if keep[1:].all():
+        return labels.astype(np.int32, copy=False)
+    return _relabel_kept(labels.astype(np.int64, copy=False), keep)
