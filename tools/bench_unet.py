@@ -14,6 +14,10 @@ GPU rows cannot be measured on a machine without a GPU: they are read from
 
 and printed with the device they were measured on; absent, the rows say
 "not measured".
+
+The model card's held-out table (docs/model.md, Metrics; ~2 minutes on 2 cores)::
+
+    python tools/bench_unet.py --heldout 3002 3003 [--onnx a.onnx b.onnx] [--no-real]
 """
 
 from __future__ import annotations
@@ -213,6 +217,100 @@ def accuracy_table(quick: bool) -> str:
     return f"{sim_table}\n\n{real_table}\n"
 
 
+def _gray(path: Path) -> np.ndarray:
+    from skimage.io import imread
+
+    im = imread(path)
+    return im[..., :3].mean(axis=-1).astype(np.float32) if im.ndim == 3 else im
+
+
+def real_f1(seg) -> dict[str, float]:
+    """F1 of ``seg`` on the three real sets, read and scored as ``bench_segmentation.accuracy_real``."""
+    from skimage.io import imread
+
+    from etemlive.metrics import aggregate_scores, read_yolo_boxes, score_against_mask, score_boxes
+
+    data = ROOT.parent / "shared" / "data"
+    out: dict[str, float] = {}
+    samem = data / "samem_nanorod"
+    if samem.is_dir():
+        sc = []
+        for p in sorted((samem / "images").glob("*.jpg")):
+            mask = imread(samem / "masks" / (p.stem + ".png"))
+            mask = mask.max(axis=-1) if mask.ndim == 3 else mask
+            sc.append(score_against_mask(seg.segment(_gray(p), 1.0), mask > 0, 1.0))
+        out["samem"] = aggregate_scores(sc)["f1"]
+    msa = data / "msa_sintering" / "test"
+    if msa.is_dir():
+        sc = []
+        for p in sorted((msa / "images").glob("image_*.png")):
+            im = imread(p)
+            im = im[..., 0] if im.ndim == 3 else im
+            sc.append(score_against_mask(seg.segment(im, 1.0),
+                                         imread(msa / "labels" / p.name.replace("image_", "label_")), 1.0))
+        out["msa"] = aggregate_scores(sc)["f1"]
+    arda = data / "ardagen_catalysts"
+    if arda.is_dir():
+        sc = []
+        for p in sorted((arda / "images").iterdir()):
+            label = arda / "labels" / (p.stem + ".txt")
+            if label.exists():
+                im = _gray(p)
+                sc.append(score_boxes(seg.segment(im, 1.0), read_yolo_boxes(label, im.shape)))
+        out["ardagen"] = aggregate_scores(sc)["f1"]
+    return out
+
+
+def heldout_summary(seeds: tuple[int, ...], onnx_paths: list[Path], *, size_px: int = 512,
+                    real: bool = True) -> str:
+    """The model card's held-out table (docs/model.md, Metrics): classical and each ONNX file.
+
+    Simulator: every scenario at the three named doses, seeds ``seeds`` (never the
+    benchmark's 1000-1001), ``size_px``^2, frames 0, 4, 7 of 8; per (scenario, dose)
+    pooled scores, then the mean F1 over scenarios per dose and over all 18; diameter
+    MAE (mean) and aspect / roundness RMSE (root mean square) over the default and
+    high doses. Real sets: F1 as ``bench_segmentation.accuracy_real`` scores them.
+    """
+    from etemlive.metrics import aggregate_scores, score_segmentation
+    from etemlive.segment.classical import ClassicalSegmenter
+    from etemlive.sources.simulate import DOSES, SCENARIOS, SimulationConfig, simulate
+
+    segs = {"classical": ClassicalSegmenter()}
+    for path in onnx_paths:
+        segs[f"unet ({path.name})"] = UNetSegmenter(OnnxRunner(path, threads=1), workers=1)
+    scores: dict[tuple[str, str, str], list[dict]] = {}
+    for scenario in SCENARIOS:
+        for dose_name, dose in DOSES.items():
+            for seed in seeds:
+                cfg = SimulationConfig(scenario=scenario, seed=seed, n_frames=8, size_px=size_px,
+                                       dose_e_per_px=dose)
+                for frame in simulate(cfg):
+                    if frame.index not in (0, 4, 7):
+                        continue
+                    truth = frame.labels.astype(np.int32)
+                    for name, seg in segs.items():
+                        scores.setdefault((name, scenario, dose_name), []).append(
+                            score_segmentation(seg.segment(frame.image, cfg.pixel_size_nm), truth,
+                                               cfg.pixel_size_nm))
+    lines = [f"Held-out simulator seeds {', '.join(map(str, seeds))} ({size_px}^2, frames 0, 4, 7 of 8), "
+             "mean F1 over the six scenarios; real sets: F1.", "",
+             "| segmenter | low | default | high | all 18 | diameter MAE nm (def+high) | aspect RMSE "
+             "| roundness RMSE | samem | msa | ardagen |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, seg in segs.items():
+        agg = {(sc, d): aggregate_scores(v) for (n, sc, d), v in scores.items() if n == name}
+        f1 = {d: np.mean([a["f1"] for (_, dd), a in agg.items() if dd == d]) for d in DOSES}
+        hi = [a for (_, d), a in agg.items() if d != "low"]
+        mae = np.nanmean([a["diameter_mae_nm"] for a in hi])
+        asp = np.sqrt(np.nanmean([a["aspect_ratio_rmse"] ** 2 for a in hi]))
+        rnd = np.sqrt(np.nanmean([a["roundness_rmse"] ** 2 for a in hi]))
+        r = real_f1(seg) if real else {}
+        cells = [f"{f1[d]:.3f}" for d in DOSES] + [f"{np.mean([a['f1'] for a in agg.values()]):.3f}",
+                                                   f"{mae:.3f}", f"{asp:.3f}", f"{rnd:.3f}"]
+        cells += [f"{r[k]:.3f}" if k in r else "-" for k in ("samem", "msa", "ardagen")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def gpu_rows() -> str:
     if not GPU_JSON.is_file():
         return ("| torch CUDA FP16, 2048^2 | not measured | not measured | not measured |\n"
@@ -261,8 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="write the GPU results (json) here")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--engines", default=str(DEFAULT_ENGINES_DIR), help="folder with unet.pt and unet.onnx")
+    p.add_argument("--heldout", type=int, nargs="+", metavar="SEED",
+                   help="print the model card's held-out table for these simulator seeds (e.g. 3002 3003)")
+    p.add_argument("--onnx", type=Path, nargs="+", default=None,
+                   help="with --heldout: ONNX files to compare (default: the shipped engines/unet.onnx)")
+    p.add_argument("--no-real", action="store_true", help="with --heldout: skip the real sets")
     args = p.parse_args(argv)
-    if args.gpu:
+    if args.heldout:
+        onnx = args.onnx or [Path(args.engines) / "unet.onnx"]
+        print(heldout_summary(tuple(args.heldout), onnx, real=not args.no_real))
+    elif args.gpu:
         res = gpu_bench(args.size, seconds=args.seconds, engines=Path(args.engines))
         text = json.dumps(res, indent=1)
         print(text)
