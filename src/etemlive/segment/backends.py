@@ -113,7 +113,7 @@ def dark_field_polarity(image: np.ndarray) -> bool:
 
     The classical pipeline's decision (:func:`etemlive.segment.classical.detect_polarity`):
     the sign of the skewness of a 4x area-averaged copy with the large-scale trend
-    removed (particles are the minority phase, so they make the long tail). Until
+    removed (particles are the minority phase, so they make the long tail). Through
     stage 2 the U-Net compared the 0.5 / 99.5 % tails of the raw pixels, which shot
     noise decides on its own (Poisson skewness ``1 / sqrt(counts)``: a long bright
     tail at a few e-/px) and so does strong correlated noise: the tail rule inverted
