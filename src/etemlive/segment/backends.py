@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from ..frames import validate_pixel_size_nm
-from .instances import keep_consistent_contrast, maps_to_instances
+from .instances import instances_and_regions, keep_consistent_contrast
 
 #: Backends accepted by :func:`make_segmenter` (and the CLI's ``--backend``).
 BACKENDS = ("auto", "tensorrt", "onnx", "torch", "classical")
@@ -344,7 +344,10 @@ class UNetSegmenter:
 
     # labels ----------------------------------------------------------
     def _instances(self, maps: np.ndarray) -> np.ndarray:
-        return maps_to_instances(
+        return self._instances_and_regions(maps)[0]
+
+    def _instances_and_regions(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return instances_and_regions(
             maps[0], maps[1], threshold=self.threshold,
             core_threshold=self.core_threshold, min_area_px=self.min_area_px,
         )
@@ -353,14 +356,12 @@ class UNetSegmenter:
         # scale check + instances, run on the instance thread pool
         return self._check_scale(image, maps)
 
-    def _raw_detection_diameters(self, maps: np.ndarray) -> np.ndarray:
+    def _raw_detection_diameters(self, region_areas_px: np.ndarray) -> np.ndarray:
         """Equivalent diameters (px) of the connected regions of ``prob > threshold``
-        (at least ``min_area_px``): the network's detections before the instance
-        step's splits and confidence filters."""
-        thr = self.threshold * 255.0 if maps.dtype == np.uint8 else self.threshold
-        mask = (maps[0] > thr).astype(np.uint8)
-        _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        area = stats[1:, cv2.CC_STAT_AREA]
+        (their areas from :func:`~etemlive.segment.instances.instances_and_regions`), at
+        least ``min_area_px``: the network's detections before the instance step's
+        splits and confidence filters."""
+        area = np.asarray(region_areas_px)
         return 2.0 * np.sqrt(area[area >= self.min_area_px] / np.pi)
 
     def _check_scale(self, image: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -390,14 +391,17 @@ class UNetSegmenter:
         b = 1
         h, w = image.shape
         analysed = image
-        while self.auto_bin and b < self.max_bin and min(h, w) // (2 * b) >= MIN_SIZE_PX:
-            diameter_px = self._raw_detection_diameters(maps)
+        while True:
+            # the instance step labels the raw detections anyway: their sizes come with it
+            labels, region_areas_px = self._instances_and_regions(maps)
+            if not (self.auto_bin and b < self.max_bin and min(h, w) // (2 * b) >= MIN_SIZE_PX):
+                break
+            diameter_px = self._raw_detection_diameters(region_areas_px)
             if diameter_px.size < 20 or np.median(diameter_px) >= self.min_median_diameter_px:
                 break
             b *= 2
             analysed = cv2.resize(np.asarray(image, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
             maps = self._maps([analysed])[0]
-        labels = self._instances(maps)
         if self.consistent_contrast:
             thr = self.threshold * 255.0 if maps.dtype == np.uint8 else self.threshold
             labels = keep_consistent_contrast(labels, analysed, maps[0] > thr)

@@ -88,6 +88,36 @@ def maps_to_instances(
 ) -> np.ndarray:
     """Instance labels from the particle probability and normalized distance maps.
 
+    The labels of :func:`instances_and_regions` (see there for the steps and
+    parameters).
+    """
+    return instances_and_regions(
+        prob,
+        dist,
+        threshold=threshold,
+        core_threshold=core_threshold,
+        min_area_px=min_area_px,
+        merge_dynamic=merge_dynamic,
+        merge_neck_ratio=merge_neck_ratio,
+        min_mean_prob=min_mean_prob,
+        min_peak_distance=min_peak_distance,
+    )[0]
+
+
+def instances_and_regions(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    core_threshold: float = 0.5,
+    min_area_px: int = 4,
+    merge_dynamic: float = MERGE_DYNAMIC,
+    merge_neck_ratio: float = MERGE_NECK_RATIO,
+    min_mean_prob: float = MIN_MEAN_PROB,
+    min_peak_distance: float = MIN_PEAK_DISTANCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels from the particle probability and normalized distance maps.
+
     Steps: mask ``prob > threshold``; cores ``dist > core_threshold``; mask pieces
     holding two or more cores are split by a seeded watershed on ``dist``; two
     neighbouring parts are merged again when the distance map barely dips between
@@ -126,6 +156,10 @@ def maps_to_instances(
     -------
     labels : ndarray (H, W) int32
         0 = background, particles 1..N (consecutive).
+    region_areas_px : ndarray of int
+        Area (px) of every connected region of the mask ``prob > threshold``: the
+        network's detections before splits and filters (the scale check's input),
+        from the same labelling pass.
     """
     prob = np.asarray(prob)
     dist = np.asarray(dist)
@@ -138,9 +172,10 @@ def maps_to_instances(
     else:
         t_fg, t_core = threshold, core_threshold
     fg = (prob > t_fg).astype(np.uint8)
-    n_comp, comp = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+    n_comp, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=cv2.CV_32S)
+    region_areas_px = stats[1:, cv2.CC_STAT_AREA]
     if n_comp <= 1:
-        return np.zeros(prob.shape, np.int32)
+        return np.zeros(prob.shape, np.int32), region_areas_px
     cores = ((dist > t_core) & (fg > 0)).astype(np.uint8)
     n_mk, mk = cv2.connectedComponents(cores, connectivity=8, ltype=cv2.CV_32S)
     out = comp
@@ -177,7 +212,7 @@ def maps_to_instances(
     keep = area >= max(min_area_px, 1)
     if min_mean_prob > 0 or min_peak_distance > 0:
         keep &= _sure(flat, area, prob, dist, min_mean_prob * scale, min_peak_distance * scale)
-    return _relabel_kept(out, keep)
+    return _relabel_kept(out, keep), region_areas_px
 
 
 def merge_shallow_splits(
