@@ -66,42 +66,19 @@ def training_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fg.astype(np.float32), np.clip(dist, 0.0, 1.0).astype(np.float32)
 
 
-#: Defaults of :func:`maps_to_instances`, chosen on simulator seeds 3000-3001 (all scenarios,
-#: three doses; never the benchmark's seeds or real images): see docs/model.md.
+#: Defaults of :func:`instances_and_regions` (and :func:`maps_to_instances`), chosen on
+#: simulator seeds 3000-3001 (all scenarios, three doses; never the benchmark's seeds or
+#: real images): see docs/model.md.
 MERGE_DYNAMIC = 0.5
 MERGE_NECK_RATIO = 0.8
 MIN_MEAN_PROB = 0.8
 MIN_PEAK_DISTANCE = 0.3
 
 
-def maps_to_instances(
-    prob: np.ndarray,
-    dist: np.ndarray,
-    *,
-    threshold: float = 0.5,
-    core_threshold: float = 0.5,
-    min_area_px: int = 4,
-    merge_dynamic: float = MERGE_DYNAMIC,
-    merge_neck_ratio: float = MERGE_NECK_RATIO,
-    min_mean_prob: float = MIN_MEAN_PROB,
-    min_peak_distance: float = MIN_PEAK_DISTANCE,
-) -> np.ndarray:
-    """Instance labels from the particle probability and normalized distance maps.
-
-    The labels of :func:`instances_and_regions` (see there for the steps and
-    parameters).
-    """
-    return instances_and_regions(
-        prob,
-        dist,
-        threshold=threshold,
-        core_threshold=core_threshold,
-        min_area_px=min_area_px,
-        merge_dynamic=merge_dynamic,
-        merge_neck_ratio=merge_neck_ratio,
-        min_mean_prob=min_mean_prob,
-        min_peak_distance=min_peak_distance,
-    )[0]
+def maps_to_instances(prob: np.ndarray, dist: np.ndarray, **params: float) -> np.ndarray:
+    """Instance labels from the particle probability and normalized distance maps: the
+    labels of :func:`instances_and_regions` (its steps and keyword parameters)."""
+    return instances_and_regions(prob, dist, **params)[0]
 
 
 def instances_and_regions(

@@ -1064,6 +1064,9 @@ class Tracker:
             out["track_id"] = track_col
         return TrackStep(out, _events_frame(events), (float(self._drift[0]), float(self._drift[1])))
 
+    # zero / NaN sizes and inf steps are expected in the cost terms (each is masked where
+    # used): one error state for the whole frame rather than one per term
+    @np.errstate(divide="ignore", invalid="ignore")
     def _advance(
         self,
         frame_idx: int,
@@ -1077,21 +1080,6 @@ class Tracker:
         NaN coordinates) and the events found, from the frame's detections ``found``
         (``rows`` index the frame's rows). :meth:`update` and :func:`link_with_events`
         call it."""
-        # zero / NaN sizes and inf steps are expected in the cost terms (each is masked
-        # where used): one error state for the whole frame rather than one per term
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self._advance_frame(frame_idx, n_rows, found, labels=labels, image=image)
-
-    def _advance_frame(
-        self,
-        frame_idx: int,
-        n_rows: int,
-        found: _Detections,
-        *,
-        labels: np.ndarray | None,
-        image: np.ndarray | None,
-    ) -> tuple[np.ndarray, list[tuple[int, str, str, int]]]:
-        """:meth:`_advance` inside its error state."""
         cfg = self.config
         steps = 1 if self._last_frame is None else frame_idx - self._last_frame
         prev_frame = -1 if self._last_frame is None else self._last_frame
