@@ -7,6 +7,7 @@ import pytest
 
 from etemlive.errors import InputError
 from etemlive.segment.instances import (
+    ascent_watershed,
     keep_consistent_contrast,
     maps_to_instances,
     merge_shallow_splits,
@@ -244,3 +245,21 @@ def test_consistent_contrast_keeps_everything_and_enclosed_instances():
     # (were the halo taken as background, particle 2 would look brighter than it: dropped)
     assert keep_consistent_contrast(lab2, image2, lab2 > 0).max() == 1
     assert keep_consistent_contrast(np.zeros((5, 5), np.int32), np.ones((5, 5)), np.zeros((5, 5), bool)).max() == 0
+
+
+def test_ascent_watershed_gives_an_unmarked_peak_a_neighbours_label():
+    # markers on the peaks at 1 and 7; the peak at 4 has none: its path (pixels 3, 4) ends
+    # unlabelled, and each takes its largest neighbour's label in one simultaneous pass
+    relief = np.array([[5, 6, 5, 4, 6, 4, 7, 8, 7]], np.int16)
+    markers = np.zeros_like(relief, dtype=np.int32)
+    markers[0, 1], markers[0, 7] = 1, 2
+    mask = np.ones(relief.shape, bool)
+    out = ascent_watershed(relief, markers, mask)
+    np.testing.assert_array_equal(out, [[1, 1, 1, 1, 2, 2, 2, 2, 2]])
+    # outside the mask stays 0; a long unmarked plateau is filled from the nearest label
+    mask[0, 8] = False
+    wide = np.array([[9, 1, 1, 1, 1, 1, 1, 1, 1]], np.int16)
+    only = np.zeros_like(markers)
+    only[0, 0] = 3
+    out = ascent_watershed(wide, only, mask)
+    np.testing.assert_array_equal(out, [[3, 3, 3, 3, 3, 3, 3, 3, 0]])
