@@ -882,6 +882,19 @@ def test_a_merge_product_merging_again_soon_is_a_merge():
     assert "vanish" not in set(events["kind"])
 
 
+def _link_on_the_border(rows):
+    """``link`` of a scene whose rows at x < 5 px touch the left border; short gaps, but
+    20 frames for a track that left through the border."""
+    tab = scene(rows)
+    tab["touches_edge"] = tab["x_px"] < 5
+    return link(
+        tab,
+        pixel_size_nm=PX_NM,
+        frame_interval_s=0.5,
+        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
+    )
+
+
 @pytest.mark.parametrize(("reentry_y", "same"), [(51.0, True), (65.0, False)])
 def test_a_still_particle_that_left_by_the_border_comes_back_where_it_left(reentry_y, same):
     # track 0 sat still on the border, then was gone 12 frames; a particle coming in 15 nm
@@ -893,15 +906,7 @@ def test_a_still_particle_that_left_by_the_border_comes_back_where_it_left(reent
         elif f >= 20:
             rows.append((f, 0 if same else 2, 2.0, reentry_y, 6.0))
         rows.append((f, 1, 60.0, 60.0, 6.0))
-    tab = scene(rows)
-    tab["touches_edge"] = tab["x_px"] < 5
-    out = link(
-        tab,
-        pixel_size_nm=PX_NM,
-        frame_interval_s=0.5,
-        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
-    )
-    assert_same_partition(out)
+    assert_same_partition(_link_on_the_border(rows))
 
 
 def test_merge_scores_map_a_part_by_its_life_before_the_merge():
@@ -991,15 +996,7 @@ def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same
         for k in range(4):
             jitter = others_step_px * (1 if (f + k) % 2 else -1)
             rows.append((f, 1 + k, 40.0 + 30 * k + jitter, 120.0, 6.0))
-    tab = scene(rows)
-    tab["touches_edge"] = tab["x_px"] < 5
-    out = link(
-        tab,
-        pixel_size_nm=PX_NM,
-        frame_interval_s=0.5,
-        config=TrackerConfig(max_gap_frames=2, edge_gap_frames=20),
-    )
-    assert_same_partition(out)
+    assert_same_partition(_link_on_the_border(rows))
 
 
 def test_pieces_lying_apart_within_the_old_footprint_are_fragments_not_particles():
