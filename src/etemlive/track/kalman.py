@@ -158,9 +158,8 @@ class ConstantVelocityModel:
     def predict(self, x: np.ndarray, P: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
         # x F' and F P F' + Q; per axis F P F' is linear in (p, c, v):
         # p + 2 dt c + dt^2 v, c + dt v, v
-        A = np.array([[1.0, 0.0, 0.0], [2.0 * dt, 1.0, 0.0], [dt * dt, dt, 1.0]])
-        q = np.array([self.position_noise_nm**2 * dt, 0.0, self.velocity_noise_nm_per_s**2 * dt])
-        return x @ self.transition(dt).T, P @ A + q
+        Ft, A, q = _cv_step(float(dt), self.position_noise_nm, self.velocity_noise_nm_per_s)
+        return x @ Ft, P @ A + q
 
     def update(
         self, x: np.ndarray, P: np.ndarray, positions_nm: np.ndarray
@@ -191,6 +190,20 @@ def _cv_transition_cached(dt: float) -> np.ndarray:
 
 def _cv_transition(dt: float) -> np.ndarray:
     return _cv_transition_cached(dt)
+
+
+@lru_cache(maxsize=64)
+def _cv_step(
+    dt: float, position_noise_nm: float, velocity_noise_nm_per_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F' (4, 4), the (p, c, v) propagation matrix A (3, 3) and the process noise row q
+    (3,) of a step of ``dt``: the same every frame of a movie, so built once (read-only)."""
+    A = np.array([[1.0, 0.0, 0.0], [2.0 * dt, 1.0, 0.0], [dt * dt, dt, 1.0]])
+    q = np.array([position_noise_nm**2 * dt, 0.0, velocity_noise_nm_per_s**2 * dt])
+    Ft = _cv_transition_cached(dt).T
+    for a in (A, q):
+        a.setflags(write=False)
+    return Ft, A, q
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,9 @@ def _median_rows(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
     s = np.sort(a, axis=0)
     n = len(s)
-    return (s[(n - 1) // 2] + s[n // 2]) / 2
+    if n % 2:
+        return s[n // 2]  # the middle row itself: (m + m) / 2 is m exactly
+    return (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def _positive(name: str, value: float) -> None:
@@ -581,7 +583,8 @@ def solve_gated_assignment(
     costs = np.asarray(costs, dtype=float)
     limit = 2.0 * unmatched_cost
     keep = costs < limit
-    rows, cols, costs = rows[keep], cols[keep], costs[keep]
+    if np.count_nonzero(keep) < len(keep):
+        rows, cols, costs = rows[keep], cols[keep], costs[keep]
     if len(rows) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
@@ -591,9 +594,10 @@ def solve_gated_assignment(
     single = (row_deg[rows] == 1) & (col_deg[cols] == 1)
     out_r: list[np.ndarray] = [rows[single]]
     out_c: list[np.ndarray] = [cols[single]]
-    if single.all():
+    if len(out_r[0]) == len(rows):
         return out_r[0], out_c[0]
-    rows, cols, costs = rows[~single], cols[~single], costs[~single]
+    multi = _nz(~single)
+    rows, cols, costs = rows[multi], cols[multi], costs[multi]
     r_u, r_inv = _compact(rows, n_rows)
     c_u, c_inv = _compact(cols, n_cols)
     if len(r_u) * len(c_u) <= _DENSE_LIMIT:
@@ -906,13 +910,14 @@ class Tracker:
         merged: np.ndarray | None = None,
     ) -> None:
         """Drop the ``gone`` tracks; those not ``merged`` vanished (one event each)."""
+        if not np.count_nonzero(gone):
+            return
         vanished = gone if merged is None else gone & ~merged
         for i in _nz(vanished).tolist():
             tid = int(self._ids[i])
             self._fate[tid] = _FATE_VANISHED
             events.append((int(self._seen[i]) + 1, "vanish", str(tid), -1))
-        if gone.any():
-            self._drop_tracks(~gone)
+        self._drop_tracks(~gone)
 
     def _append_tracks(
         self,
@@ -944,12 +949,13 @@ class Tracker:
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
 
     # ---------------------------------------------------------------- drift
-    def _drift_from_image(self, image: np.ndarray | None, *, needed: bool) -> np.ndarray | None:
+    def _drift_from_image(self, image: np.ndarray | None, prev_frame: int) -> np.ndarray | None:
         """Phase-correlation drift (nm) from the previous image to this one, or None.
 
-        With ``drift="auto"`` it is only computed when the matches cannot tell
-        (``needed``): on the simulator's movies the match estimate is the more accurate
-        (docs/benchmarks.md, tracking section).
+        With ``drift="auto"`` it is only computed when the matches cannot tell (fewer
+        than ``min_drift_matches`` tracks were seen in ``prev_frame``): on the
+        simulator's movies the match estimate is the more accurate (docs/benchmarks.md,
+        tracking section).
         """
         if image is None or self.config.drift not in ("auto", "image"):
             self._prev_image = None
@@ -957,8 +963,10 @@ class Tracker:
         prev, self._prev_image = self._prev_image, image
         if prev is None or prev.shape != np.shape(image):
             return None
-        if self.config.drift == "auto" and not needed:
-            return None
+        if self.config.drift == "auto":
+            prev_seen = np.count_nonzero(self._seen == prev_frame)
+            if prev_seen >= max(self.config.min_drift_matches, 1):
+                return None
         a, factor = _downsample(prev)
         b, _ = _downsample(image)
         dx, dy, response = _phase_drift_px(a, b)
@@ -1108,8 +1116,7 @@ class Tracker:
 
         # 2. drift since the previous frame, nm
         use_labels = labels is not None and found.label is not None
-        prev_seen = int(np.count_nonzero(self._seen == prev_frame)) if len(self._seen) else 0
-        d_inc = self._drift_from_image(image, needed=prev_seen < max(cfg.min_drift_matches, 1))
+        d_inc = self._drift_from_image(image, prev_frame)
         drift_from_image = d_inc is not None
         jumped = False
         look_for_jump = False
@@ -1148,8 +1155,12 @@ class Tracker:
             self._drift_var[:] = 0.0
         elif cfg.drift in ("auto", "matches"):
             last = self._seen[m_t] == prev_frame
-            if last.sum() >= max(cfg.min_drift_matches, 1):
-                disp = (det_raw[m_d[last]] - self._drift - self._pos[m_t[last]]) / steps
+            n_last = np.count_nonzero(last)
+            if n_last >= max(cfg.min_drift_matches, 1):
+                lt, ld = (m_t, m_d) if n_last == len(m_t) else (m_t[last], m_d[last])
+                disp = det_raw[ld] - self._drift - self._pos[lt]
+                if steps > 1:
+                    disp /= steps
                 med = _median_rows(disp)
                 mad = _median_rows(np.abs(disp - med)) * 1.4826
                 var = (mad**2 + 1e-12) / len(disp)
@@ -1180,7 +1191,8 @@ class Tracker:
         self._products: list[int] = []  # merge products born in this frame
         self._whole: list[int] = []  # rows whose fragments rejoined them in this frame
 
-        if cfg.detect_merges and len(self._ids):
+        # (with every track linked, none was lost: no merge to look for)
+        if cfg.detect_merges and len(m_t) < len(self._ids):
             self._find_merges(
                 frame_idx,
                 matched,
@@ -1206,13 +1218,13 @@ class Tracker:
                 m_t, m_d = np.append(m_t, new_row), np.append(m_d, j)
             matched[new_row] = True
         unmatched_det = _nz(det_track < 0)
-        child_of = np.full(n_det, -1, dtype=np.int64)
-        if cfg.detect_splits and len(unmatched_det) and len(m_t):
-            child_of = self._find_splits(
-                unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
-            )
         # births (incl. split children)
         if len(unmatched_det):
+            child_of = np.full(n_det, -1, dtype=np.int64)
+            if cfg.detect_splits and len(m_t):
+                child_of = self._find_splits(
+                    unmatched_det, m_t, m_d, det, diam, area, det_label, overlap, ended
+                )
             new_ids = self._new_ids(len(unmatched_det), frame_idx)
             det_track[unmatched_det] = new_ids
             det_is_new[unmatched_det] = True
@@ -1236,16 +1248,17 @@ class Tracker:
         # A track linked to a blob (an unconfirmed merge, or a sudden jump in area: two
         # touching particles segmented as one) keeps its own position and size, so that
         # when the blob comes apart each part is found where it was.
-        blob = (
-            keep_m
-            & (area[m_d] > cfg.blob_area_ratio * self._area[m_t])
-            & ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
-            & ~self._edge[m_t]
-            # a "blob" lasting longer than a merge takes to confirm, with no merge, is the
-            # particle itself, last seen too small (a fragment; low-dose size noise)
-            & (self._blob_run[m_t] < max(cfg.merge_confirm_frames, 1))
-        )
-        if blob.any():
+        blob = area[m_d] > cfg.blob_area_ratio * self._area[m_t]
+        if np.count_nonzero(blob):  # (rare: the other terms only then)
+            blob &= (
+                keep_m
+                & ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
+                & ~self._edge[m_t]
+                # a "blob" lasting longer than a merge takes to confirm, with no merge, is
+                # the particle itself, last seen too small (a fragment; low-dose size noise)
+                & (self._blob_run[m_t] < max(cfg.merge_confirm_frames, 1))
+            )
+        if np.count_nonzero(blob):
             # a blob covers another particle: a track lost in this frame touching it (with
             # none, the jump in size is the particle itself measured larger: low-dose noise)
             b = _nz(blob)
@@ -1255,32 +1268,31 @@ class Tracker:
             blob |= _isin(self._ids[m_t], pend) & keep_m
         if self._whole:
             blob &= ~_isin(m_t, np.asarray(self._whole))
-        if blob.any():
+        if np.count_nonzero(blob):
             self._seen[m_t[blob]] = frame_idx
             self._missed[m_t[blob]] = 0
             self._label[m_t[blob]] = det_label[m_d[blob]]
             keep_m &= ~blob
-        self._blob_run[m_t[blob]] += 1
-        self._blob_run[m_t[~blob]] = 0
-        mt, md = m_t[keep_m], m_d[keep_m]
+            self._blob_run[m_t[blob]] += 1
+            self._blob_run[m_t[~blob]] = 0
+        else:
+            self._blob_run[m_t] = 0
+        if np.count_nonzero(keep_m) < len(m_t):
+            mt, md = m_t[keep_m], m_d[keep_m]
+        else:  # the usual case: every link is an update
+            mt, md = m_t, m_d
         if len(mt):
-            self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], det[md])
-            step = np.hypot(*(det[md] - self._pos[mt]).T) / (frame_idx - self._seen[mt])
-            self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
-            self._pos[mt] = det[md]
-            self._diam[mt] = diam[md]
-            both = np.isfinite(np.log(self._dsm[mt])) & np.isfinite(np.log(diam[md]))
-            self._dsm[mt] = np.where(both, np.sqrt(self._dsm[mt] * diam[md]), diam[md])
-            self._hits[mt] += 1
-            self._area[mt] = area[md]
-            self._peak[mt] = np.fmax(self._peak[mt], area[md])
-            self._label[mt] = det_label[md]
-            self._edge[mt] = det_edge[md]
-            self._seen[mt] = frame_idx
-            self._missed[mt] = 0
-        lost = ~matched & ~ended
-        self._missed[lost] += 1
-        self._vanish(lost & (self._missed > self._gap_limit()) | ended, events, merged=ended)
+            self._update_linked(mt, md, det, diam, area, det_label, det_edge, frame_idx)
+        # tracks not linked (nor ended) missed this frame; those missed too long vanished
+        gone = ended
+        lost = _nz(~matched & ~ended)
+        if len(lost):
+            self._missed[lost] += 1
+            over = lost[self._missed[lost] > self._gap_limit(lost)]
+            if len(over):
+                gone = ended.copy()
+                gone[over] = True
+        self._vanish(gone, events, merged=ended)
         new_idx = _nz(det_is_new)
         if len(new_idx):
             self._append_tracks(
@@ -1322,6 +1334,39 @@ class Tracker:
         self.n_frames += 1
         return track_col, events
 
+    def _update_linked(
+        self,
+        mt: np.ndarray,
+        md: np.ndarray,
+        det: np.ndarray,
+        diam: np.ndarray,
+        area: np.ndarray,
+        det_label: np.ndarray,
+        det_edge: np.ndarray,
+        frame_idx: int,
+    ) -> None:
+        """Update the tracks ``mt`` with the detections ``md`` they were linked to (each
+        column gathered once: a frame's arrays are small, so the number of calls is the
+        cost)."""
+        pos_m = det[md]
+        diam_m = diam[md]
+        area_m = area[md]
+        self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], pos_m)
+        step = np.hypot(*(pos_m - self._pos[mt]).T) / (frame_idx - self._seen[mt])
+        self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
+        self._pos[mt] = pos_m
+        self._diam[mt] = diam_m
+        dsm = self._dsm[mt]
+        both = np.isfinite(np.log(dsm)) & np.isfinite(np.log(diam_m))
+        self._dsm[mt] = np.where(both, np.sqrt(dsm * diam_m), diam_m)
+        self._hits[mt] += 1
+        self._area[mt] = area_m
+        self._peak[mt] = np.fmax(self._peak[mt], area_m)
+        self._label[mt] = det_label[md]
+        self._edge[mt] = det_edge[md]
+        self._seen[mt] = frame_idx
+        self._missed[mt] = 0
+
     def _frame_index(self, particles: pd.DataFrame, frame: int | None) -> int:
         if "frame" in particles.columns and len(particles):
             f = particles["frame"].values
@@ -1342,16 +1387,16 @@ class Tracker:
             )
         return idx
 
-    def _gap_limit(self) -> np.ndarray:
-        """Frames each live track may stay missed: longer for one that left by the border,
-        at most 2 for one that was shrinking away."""
+    def _gap_limit(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Frames each live track (of ``rows``: default all) may stay missed: longer for
+        one that left by the border, at most 2 for one that was shrinking away."""
         cfg = self.config
         # A particle that was shrinking away in place (ripening) has most likely vanished:
         # short wait. One moving across the border shrinks too, as it leaves the view: it
         # may come back, so it waits longer.
-        shrinking = self._area < cfg.vanish_fraction * self._peak
-        moving = self._step > 0.05 * cfg.gate_nm
-        may_return = self._edge & (moving | ~shrinking)
+        shrinking = self._area[rows] < cfg.vanish_fraction * self._peak[rows]
+        moving = self._step[rows] > 0.05 * cfg.gate_nm
+        may_return = self._edge[rows] & (moving | ~shrinking)
         limit = np.where(shrinking, min(cfg.max_gap_frames, 2), cfg.max_gap_frames)
         return np.where(may_return, max(cfg.edge_gap_frames, cfg.max_gap_frames), limit)
 
@@ -1464,11 +1509,13 @@ class Tracker:
         # lost in this frame, and not a particle that was shrinking away (ripening: vanish);
         # one whose visible area collapsed because another particle hid it is no such one
         lost = ~matched & (self._missed == 0)
+        if not np.count_nonzero(lost) or len(det) == 0:
+            return
         shrunk = lost & (self._area < cfg.vanish_fraction * self._peak)
-        if shrunk.any():
+        if np.count_nonzero(shrunk):
             shrunk[shrunk] = ~self._hidden(_nz(shrunk))
         cand = _nz(lost & ~shrunk)
-        if len(cand) == 0 or len(det) == 0:
+        if len(cand) == 0:
             return
         r_det = diam / 2
         r_i = self._diam[cand] / 2
@@ -1550,10 +1597,12 @@ class Tracker:
         the track they merged into went on: merge events (dated when the merge was seen)."""
         cfg = self.config
         pend = self._pend_into >= 0
+        if not np.count_nonzero(pend):
+            return
         # a pending track seen again was not merged
         self._pend_into[pend & matched] = -1
         pend = (self._pend_into >= 0) & ~ended
-        if not pend.any():
+        if not np.count_nonzero(pend):
             return
         row_of_id = dict(zip(self._ids[m_t].tolist(), m_t.tolist(), strict=True))
         det_of_row = dict(zip(m_t.tolist(), m_d.tolist(), strict=True))
