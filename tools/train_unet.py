@@ -48,10 +48,12 @@ EVAL_SEED_OFFSET = 1_000_000  # held-out samples use indices >= this
 SAMPLER = "mix"  # set from --sampler (module level so forked workers see it)
 #: Re-weighting of the training scenes (set from the command line; module level so forked
 #: workers see it). All zero / False = the stage-1 data set, sample for sample.
-RECIPE: dict = {"low_dose_fraction": 0.0, "faceted_fraction": 0.0, "nucleation": False}
+RECIPE: dict = {"low_dose_fraction": 0.0, "faceted_fraction": 0.0, "nucleation": False,
+                "blurry_fraction": 0.0, "blur_max_px": 4.0}
 
 
-def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
+def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256,
+                               blur_sigma_px: float | None = None):
     """One random scene from ``simulate()`` with randomized settings (image, labels, params).
 
     Used when the simulator has no ``render_training_sample``: draws a scenario,
@@ -59,6 +61,8 @@ def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
     at 5-60 px, a dose log-uniform in 3-2000 e-/px, polarity, blur, drift, carbon
     texture, illumination gradient; renders 1-4 frames and keeps the last (necks,
     motion). A setting the simulator refuses is redrawn (same rng: deterministic).
+    ``blur_sigma_px`` replaces the drawn detector blur (the draw still happens, so the
+    other settings do not change).
     """
     from etemlive.sources import simulate as sim
 
@@ -78,6 +82,8 @@ def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256):
             "carbon_texture_nm": float(rng.uniform(0.3, 3.0)),
             "illumination_gradient": float(rng.uniform(0.0, 0.3)),
         }
+        if blur_sigma_px is not None:
+            params["blur_sigma_px"] = float(blur_sigma_px)
         if params["scenario"] == "nucleation":
             params["n_frames"] = int(rng.integers(4, 9))
             params["mean_diameter_nm"] = float(np.clip(d_nm, 1.0, 4.0))
@@ -103,7 +109,13 @@ def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.n
     if render is None or SAMPLER == "movie" or (SAMPLER == "mix" and index % 2):
         render = scene_from_movie_simulator
     rng = np.random.default_rng([seed, index])
-    overrides = {}
+    overrides: dict = {}
+    if RECIPE["blurry_fraction"] > 0:
+        # blurrier than the detector PSF default (real frames' edges often fall off over
+        # +-5 px: defocus, oversampling); own stream, so other samples do not change
+        u_blur, u_blur_val = np.random.default_rng([seed, index, 11]).random(2)
+        if u_blur < RECIPE["blurry_fraction"]:
+            overrides["blur_sigma_px"] = float(2.0 + u_blur_val * (RECIPE["blur_max_px"] - 2.0))
     if render is not scene_from_movie_simulator:
         # recipe re-weighting from its own stream, so the default recipe is the stage-1 data
         extra = np.random.default_rng([seed, index, 7])
@@ -228,7 +240,8 @@ def train(args: argparse.Namespace) -> dict:
     global SAMPLER
     SAMPLER = args.sampler
     RECIPE.update(low_dose_fraction=args.low_dose_fraction, faceted_fraction=args.faceted_fraction,
-                  nucleation=args.nucleation)
+                  nucleation=args.nucleation, blurry_fraction=args.blurry_fraction,
+                  blur_max_px=args.blur_max_px)
 
     from etemlive.segment.unet import (
         UNet,
@@ -320,6 +333,7 @@ def train(args: argparse.Namespace) -> dict:
         "sampler": args.sampler, "grain_max_px": args.grain_max_px,
         "low_dose_fraction": args.low_dose_fraction, "faceted_fraction": args.faceted_fraction,
         "nucleation": args.nucleation, "polarity_bin": args.polarity_bin, "threads": args.threads,
+        "blurry_fraction": args.blurry_fraction, "blur_max_px": args.blur_max_px,
         "device": _device_name(torch, device),
         "train_s": round(train_s, 1), "render_s": round(t_data, 1),
         "parameters": count_parameters(model), "torch": str(torch.__version__),
@@ -393,6 +407,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of render_training_sample scenes forced to 3-30 e-/px")
     p.add_argument("--faceted-fraction", type=float, default=0.0,
                    help="share of render_training_sample scenes forced to faceted / rods / mixed solids")
+    p.add_argument("--blurry-fraction", type=float, default=0.0,
+                   help="share of scenes (both samplers) given a detector blur drawn in "
+                        "2..--blur-max-px px instead of the simulator's usual 0-2 px")
+    p.add_argument("--blur-max-px", type=float, default=4.0,
+                   help="largest detector blur (Gaussian sigma, px) of the blurry scenes")
     p.add_argument("--nucleation", action="store_true",
                    help="also draw movie frames of the nucleation scenario (tiny particles)")
     p.add_argument("--polarity-bin", type=int, default=1, choices=(1, 2, 4),
