@@ -12,12 +12,14 @@ Three measurements, printed as markdown tables (docs/model.md, "Outline width"):
    (px) against the exact labels for weak (mean free path 25 nm) and strongly scattering
    (5 nm, nearly saturated) particles under detector blur 0.8 / 2.5 / 3.5 px.
 
-Usage: ``python tools/diag_outline_width.py`` (about 30 s on 2 cores; needs
-``../shared/data/msa_sintering``).
+Usage: ``python tools/diag_outline_width.py [--onnx PATH]`` (about 30 s on 2 cores;
+needs ``../shared/data/msa_sintering``); ``--onnx`` checks other weights than the
+shipped ``engines/unet.onnx``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -31,11 +33,17 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from etemlive.measure import measure_particles  # noqa: E402
 from etemlive.metrics import match_instances  # noqa: E402
-from etemlive.segment.backends import make_segmenter  # noqa: E402
+from etemlive.segment.backends import DEFAULT_ENGINES_DIR, OnnxRunner, UNetSegmenter  # noqa: E402
 from etemlive.segment.classical import ClassicalSegmenter  # noqa: E402
 from etemlive.sources import simulate as sim  # noqa: E402
 
 MSA = ROOT.parent / "shared" / "data" / "msa_sintering" / "test"
+ONNX_PATH = DEFAULT_ENGINES_DIR / "unet.onnx"  # set from --onnx
+
+
+def make_unet() -> UNetSegmenter:
+    """The U-Net segmenter on ONNX Runtime (CPU) with the weights under test."""
+    return UNetSegmenter(OnnxRunner(ONNX_PATH))
 
 
 def msa_frames():
@@ -57,7 +65,7 @@ def signed_diameter_error_px(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def edge_profile() -> str:
-    unet, classical = make_segmenter("onnx"), ClassicalSegmenter()
+    unet, classical = make_unet(), ClassicalSegmenter()
     sums: dict[int, np.ndarray] = {}
     for im, true in msa_frames():
         inside = true > 0
@@ -83,7 +91,7 @@ def edge_profile() -> str:
 def binning() -> str:
     lines = ["| U-Net analysis of msa | F1 | signed diameter error (px) |", "|---|---|---|"]
     for b in (1, 2, 4):
-        seg = make_segmenter("onnx")
+        seg = make_unet()
         if b > 1:  # force the scale check's binning
             seg.min_median_diameter_px, seg.max_bin = 1e9, b
         errs, n_match, n_all = [], 0, 0
@@ -98,7 +106,7 @@ def binning() -> str:
 
 
 def simulated_blur() -> str:
-    unet, classical = make_segmenter("onnx"), ClassicalSegmenter()
+    unet, classical = make_unet(), ClassicalSegmenter()
     lines = ["| particle mean free path (nm) | blur sigma (px) | U-Net error (px) | classical error (px) |",
              "|---|---|---|---|"]
     for mfp in (25.0, 5.0):
@@ -115,7 +123,11 @@ def simulated_blur() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global ONNX_PATH
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--onnx", type=Path, default=ONNX_PATH, help="U-Net ONNX file to check")
+    ONNX_PATH = p.parse_args(argv).onnx
     if not MSA.is_dir():
         print(f"diag_outline_width: {MSA} not found (shared data absent)", file=sys.stderr)
         return 1
