@@ -168,15 +168,21 @@ class ConstantVelocityModel:
             return x, P
         # S = p + r^2 (the same on both axes); gains K = (p, c) / S per axis. The
         # covariance (I - KH) P, i.e. (p - Kp p, c - Kp c, v - Kv c), equals filterpy's
-        # Joseph form for this optimal gain.
-        gain = P[:, :2] / (P[:, :1] + self.measurement_noise_nm**2)
-        y = np.asarray(positions_nm, dtype=float) - x[:, :2]
-        x = x + (gain[:, :, None] * y[:, None, :]).reshape(len(x), 4)
-        return x, P - gain[:, _GAIN_OF] * P[:, _TIMES]
+        # Joseph form for this optimal gain. Columns are gathered with take (contiguous
+        # copies): broadcasting over strided views costs more than the maths here.
+        S = P[:, 0] + self.measurement_noise_nm**2
+        gain = P.take(_GAIN4, axis=1) / S[:, None]  # (Kp, Kp, Kv, Kv): x, y, vx, vy
+        pos = np.asarray(positions_nm, dtype=float)
+        y = pos.take(_XY4, axis=1) - x.take(_XY4, axis=1)  # innovation (dx, dy, dx, dy)
+        return x + gain * y, P - gain.take(_GAIN_OF, axis=1) * P.take(_TIMES, axis=1)
 
 
+#: (p, p, c, c): the gain of each state entry is its covariance with the position / S
+_GAIN4 = np.array([0, 0, 1, 1])
+#: the innovation component each state entry is corrected with
+_XY4 = np.array([0, 1, 0, 1])
 #: (I - KH) P per axis: entry k of P loses gain[_GAIN_OF[k]] x P[_TIMES[k]]
-_GAIN_OF = np.array([0, 0, 1])
+_GAIN_OF = np.array([0, 0, 2])
 _TIMES = np.array([0, 1, 1])
 
 

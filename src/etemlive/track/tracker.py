@@ -497,14 +497,14 @@ def _pairs_within(
     """All (i, j, distance) with ``|a[i] - b[j]| <= radius`` (one radius, or one per row of
     ``a``): a sweep along x for small sets (pairs in (i, j) order), a k-d tree otherwise."""
     r = np.asarray(radius, dtype=float)
-    if r.ndim == 0:
-        r = np.full(len(a), float(r))
     if len(a) * len(b) <= _DENSE_PAIRS:
         # few enough to measure every pair: no sort, pairs come out in (i, j) order;
         # points as complex numbers (a view, no copy) make it two array operations
         d = np.abs(_as_complex(a) - _as_complex(b).T)
-        i, j = np.nonzero(d <= r[:, None])
+        i, j = np.nonzero(d <= (r[:, None] if r.ndim else r))
         return i, j, d[i, j]
+    if r.ndim == 0:
+        r = np.full(len(a), float(r))
     if len(a) * len(b) <= 16384:
         # only pairs within the radius in x are measured, then put in (i, j) order (the
         # order a dense distance matrix would give)
@@ -1158,7 +1158,7 @@ class Tracker:
             n_last = np.count_nonzero(last)
             if n_last >= max(cfg.min_drift_matches, 1):
                 lt, ld = (m_t, m_d) if n_last == len(m_t) else (m_t[last], m_d[last])
-                disp = det_raw[ld] - self._drift - self._pos[lt]
+                disp = det_raw.take(ld, axis=0) - self._drift - self._pos.take(lt, axis=0)
                 if steps > 1:
                     disp /= steps
                 med = _median_rows(disp)
@@ -1345,14 +1345,21 @@ class Tracker:
         det_edge: np.ndarray,
         frame_idx: int,
     ) -> None:
-        """Update the tracks ``mt`` with the detections ``md`` they were linked to (each
-        column gathered once: a frame's arrays are small, so the number of calls is the
-        cost)."""
-        pos_m = det[md]
+        """Update the tracks ``mt`` with the detections ``md`` they were linked to.
+
+        A frame's arrays are small, so the number of numpy calls is the cost: each column
+        is gathered once, and rows of 2-D arrays with ``take`` (a fraction of the cost of
+        fancy indexing at this size)."""
+        pos_m = det.take(md, axis=0)
         diam_m = diam[md]
         area_m = area[md]
-        self._x[mt], self._P[mt] = self.motion_model.update(self._x[mt], self._P[mt], pos_m)
-        step = np.hypot(*(pos_m - self._pos[mt]).T) / (frame_idx - self._seen[mt])
+        x_m, P_m = self.motion_model.update(
+            self._x.take(mt, axis=0), self._P.take(mt, axis=0), pos_m
+        )
+        self._x[mt] = x_m
+        self._P[mt] = P_m
+        moved = pos_m - self._pos.take(mt, axis=0)
+        step = np.hypot(moved[:, 0], moved[:, 1]) / (frame_idx - self._seen[mt])
         self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
         self._pos[mt] = pos_m
         self._diam[mt] = diam_m
@@ -1402,44 +1409,55 @@ class Tracker:
 
     def _gated_pairs(
         self, pred: np.ndarray, det: np.ndarray, det_edge: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | float]:
         """(track row, detection, distance nm) of every pair inside the track's gate, and
-        the gates (nm, one per track)."""
+        the gates (nm, one per track; one number, ``gate_nm``, when no track is missed)."""
         cfg = self.config
         if len(pred) == 0 or len(det) == 0:
             z = np.zeros(0, dtype=np.int64)
             return z, z, np.zeros(0), np.zeros(len(pred))
         missed = self._missed
+        miss = _nz(missed)
+        if len(miss) == 0:  # every track seen last frame: one gate for all
+            ti, dj, dist = _pairs_within(pred, det, cfg.gate_nm)
+            return ti, dj, dist, float(cfg.gate_nm)
         # a missed track's gate widens with the gap, by at most gate_growth_per_gap x gate
         # per frame and by at most _GAP_SIGMAS of its own typical steps x sqrt(gap) (a
         # random walk of them): a particle that stood still is looked for where it stood
         # (a track seen once has no steps yet: it borrows the typical step of the
-        # established tracks, the motion of this movie; none yet: the gap alone widens it)
-        m = np.minimum(missed, cfg.max_gap_frames)
-        step = self._step
-        moved = self._hits >= 2
-        if not moved[missed > 0].all():
+        # established tracks, the motion of this movie; none yet: the gap alone widens it).
+        # Computed for the missed tracks only (the others keep gate_nm).
+        m = np.minimum(missed[miss], cfg.max_gap_frames)
+        step = self._step[miss]
+        moved = self._hits[miss] >= 2
+        if np.count_nonzero(moved) < len(miss):
             known = self._hits >= max(cfg.confirm_hits, 2)
-            step = np.where(moved, step, _median_rows(step[known]) if known.any() else np.inf)
+            typical = _median_rows(self._step[known]) if np.count_nonzero(known) else np.inf
+            step = np.where(moved, step, typical)
             moved = np.isfinite(step)
         widen = cfg.gate_growth_per_gap * m
         own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm  # 0 x inf: not used
         widen = np.where(moved, np.minimum(widen, own_widen), widen)
-        gate = cfg.gate_nm * (1.0 + widen)
+        gate_miss = cfg.gate_nm * (1.0 + widen)
         # A track that left the field of view (last seen on the border, missed longer than
         # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap),
         # at the pace of its own steps (as the gap gate; steps seen while cut by the
         # border understate its motion, hence the generous factor) but at least gate_nm:
         # a particle that barely moved comes back where it left, not 20 nm along the border
         exited = missed > cfg.max_gap_frames
-        if exited.any():
-            pred = np.where(exited[:, None], self._pos, pred)
-            root_gap = np.sqrt(np.maximum(missed, 1))
-            wide = gate * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
-            own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step * root_gap)
-            gate = np.where(exited, np.where(moved, np.minimum(wide, own), wide), gate)
+        ex = _nz(exited[miss])  # (among the missed)
+        if len(ex):
+            ex_rows = miss[ex]
+            pred = pred.copy()
+            pred[ex_rows] = self._pos[ex_rows]
+            root_gap = np.sqrt(missed[ex_rows])  # (missed > max_gap_frames >= 0)
+            wide = gate_miss[ex] * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
+            own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step[ex] * root_gap)
+            gate_miss[ex] = np.where(moved[ex], np.minimum(wide, own), wide)
+        gate = np.full(len(pred), cfg.gate_nm)
+        gate[miss] = gate_miss
         ti, dj, dist = _pairs_within(pred, det, gate)
-        if exited.any():
+        if len(ex):
             ok = ~exited[ti] | det_edge[dj]  # it can only come back through the border
             ti, dj, dist = ti[ok], dj[ok], dist[ok]
         return ti, dj, dist, gate
@@ -1449,33 +1467,38 @@ class Tracker:
         ti: np.ndarray,
         dj: np.ndarray,
         dist: np.ndarray,
-        gate: np.ndarray,
+        gate: np.ndarray | float,
         diam: np.ndarray,
         area: np.ndarray,
         det_label: np.ndarray,
         overlap: _Overlap | None,
         det_edge: np.ndarray,
     ) -> np.ndarray:
-        """The assignment cost of each gated pair (:meth:`_gated_pairs`)."""
+        """The assignment cost of each gated pair (:meth:`_gated_pairs`, with its gates).
+        A term that is zero for every pair this frame is not added (adding 0.0 changes
+        no cost)."""
         cfg = self.config
-        missed = self._missed
-        # a track missed for m frames has a wider gate but pays gap_cost per missed frame,
-        # so a stale track never wins a particle from the track that saw it last frame
-        # (capped: a track back after a long absence is still a good link)
-        cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * np.minimum(missed[ti], 3)
+        if isinstance(gate, float):  # no track missed: no gap cost
+            cost = (dist / gate) ** 2
+        else:
+            # a track missed for m frames has a wider gate but pays gap_cost per missed
+            # frame, so a stale track never wins a particle from the track that saw it
+            # last frame (capped: a track back after a long absence is still a good link)
+            cost = (dist / gate[ti]) ** 2 + cfg.gap_cost * np.minimum(self._missed[ti], 3)
         if cfg.tentative_cost:
             # a track seen fewer than confirm_hits times may be a spurious blob or a
             # fragment: an established track wins a particle from it (only where one
             # competes, so a young track alone is linked as easily as any other)
             tentative = self._hits[ti] < cfg.confirm_hits
-            contested = np.bincount(dj[~tentative], minlength=len(diam)) > 0
-            cost = cost + cfg.tentative_cost * (tentative & contested[dj])
+            if np.count_nonzero(tentative):
+                contested = np.bincount(dj[~tentative], minlength=len(diam)) > 0
+                cost += cfg.tentative_cost * (tentative & contested[dj])
         if cfg.size_weight:
-            ratio = diam[dj] / self._dsm[ti]  # zero / NaN sizes: no term
-            size = np.abs(np.log(np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)))
+            # zero / NaN sizes (a log that is not finite): no term
+            size = np.abs(np.log(diam[dj] / self._dsm[ti]))
             # two views cut by the border say nothing about the particle's size
-            size[self._edge[ti] & det_edge[dj]] = 0.0
-            cost = cost + cfg.size_weight * size
+            size[~np.isfinite(size) | (self._edge[ti] & det_edge[dj])] = 0.0
+            cost += cfg.size_weight * size
         if overlap is not None and cfg.overlap_weight:
             # only tracks seen in the previous frame have a mask there
             prev_lab = np.where(self._seen[ti] == self._prev_labels_frame, self._label[ti], 0)
@@ -1484,7 +1507,7 @@ class Tracker:
             union = _nan_to_zero(self._area[ti] / px2 + area[dj] / px2) - inter
             has = prev_lab > 0
             iou = np.where(has & (union > 0), inter / np.maximum(union, 1), 0.0)
-            cost = cost + cfg.overlap_weight * np.where(has, 1.0 - iou, 0.5)
+            cost += cfg.overlap_weight * np.where(has, 1.0 - iou, 0.5)
         return cost
 
     def _find_merges(
