@@ -129,6 +129,10 @@ _CURVE_POINTS = 2000
 #: ... and the curves of the most recently ended tracks, up to this many points in all
 _CURVE_BUDGET = 500_000
 _DRIFT_MODES = ("auto", "image", "matches", "none")
+#: zero / NaN sizes and inf steps are expected in the cost terms (each is masked where
+#: used): one error state around the frame step (offline: around all frames) rather
+#: than one per term
+_FRAME_ERRSTATE = {"divide": "ignore", "invalid": "ignore"}
 #: a missed track's gate grows by at most this many of its own typical steps x sqrt(gap)
 _GAP_SIGMAS = 6.0
 
@@ -841,7 +845,7 @@ class Tracker:
         # rows of alive tracks only. A track that ended (dropped from the live arrays) is
         # summarised once into _done (its tracks.csv numbers), its growth curve is kept
         # compact in _curves (float32, capped) and its rows are released.
-        self._hist: list[tuple[np.ndarray, ...]] = []
+        self._hist: list[tuple[Any, ...]] = []  # (frame, then per-detection arrays)
         self._rows = {c: np.zeros(0, dtype=t) for c, t in _HIST_COLUMNS.items()}
         self._n_rows = 0
         # (frame dropped at, ids) of ended tracks whose rows are not yet summarised
@@ -974,6 +978,32 @@ class Tracker:
             return None  # no clear peak (featureless or very noisy frames)
         return np.array([dx, dy]) * factor * self.pixel_size_nm
 
+    def _filter_drift(
+        self, med: list[float], mad: list[float], n: int, steps: int, jumped: bool
+    ) -> None:
+        """Update the drift velocity (nm/frame) and its variance from the median ``med`` and
+        median absolute deviation ``mad`` (x, y) of ``n`` matched displacements: a scalar
+        Kalman filter per axis, restarted at the measurement after a jump. In Python
+        floats (the same IEEE arithmetic as numpy's): on two numbers, a numpy call costs
+        ten times the maths."""
+        q = steps * self.config.drift_change_nm_per_frame**2
+        vel, var = [], []
+        for v0, p0, m, d in zip(
+            self._drift_vel.tolist(), self._drift_var.tolist(), med, mad, strict=True
+        ):  # the two axes
+            d *= 1.4826  # MAD to standard deviation
+            r = (d * d + 1e-12) / n  # variance of the median
+            if jumped:
+                vel.append(m)
+                var.append(r)
+            else:
+                p = p0 + q
+                gain = p / (p + r)
+                vel.append(v0 + gain * (m - v0))
+                var.append((1 - gain) * p)
+        self._drift_vel = np.array(vel)
+        self._drift_var = np.array(var)
+
     def _mostly_near(
         self, ti: np.ndarray, dj: np.ndarray, dist: np.ndarray, n_tracks: int, n_det: int
     ) -> bool:
@@ -1055,13 +1085,14 @@ class Tracker:
         if missing:
             raise InputError(f"particle table lacks column(s) {', '.join(missing)}")
         frame_idx = self._frame_index(particles, frame)
-        track_col, events = self._advance(
-            frame_idx,
-            len(particles),
-            _detections(_frame_columns(particles), self.pixel_size_nm, copy=True),
-            labels=labels,
-            image=image,
-        )
+        with np.errstate(**_FRAME_ERRSTATE):
+            track_col, events = self._advance(
+                frame_idx,
+                len(particles),
+                _detections(_frame_columns(particles), self.pixel_size_nm, copy=True),
+                labels=labels,
+                image=image,
+            )
         # a shallow copy: the track_id column set here is a new array, the caller's table
         # is not modified (and its other columns are not copied every frame)
         out = particles.copy(deep=False)
@@ -1072,9 +1103,6 @@ class Tracker:
             out["track_id"] = track_col
         return TrackStep(out, _events_frame(events), (float(self._drift[0]), float(self._drift[1])))
 
-    # zero / NaN sizes and inf steps are expected in the cost terms (each is masked where
-    # used): one error state for the whole frame rather than one per term
-    @np.errstate(divide="ignore", invalid="ignore")
     def _advance(
         self,
         frame_idx: int,
@@ -1087,7 +1115,7 @@ class Tracker:
         """One frame: the track id of each of the frame's ``n_rows`` table rows (-1 for
         NaN coordinates) and the events found, from the frame's detections ``found``
         (``rows`` index the frame's rows). :meth:`update` and :func:`link_with_events`
-        call it."""
+        call it, under ``np.errstate(**_FRAME_ERRSTATE)``."""
         cfg = self.config
         steps = 1 if self._last_frame is None else frame_idx - self._last_frame
         prev_frame = -1 if self._last_frame is None else self._last_frame
@@ -1123,7 +1151,7 @@ class Tracker:
         if d_inc is None:
             if cfg.drift in ("auto", "matches"):
                 # stage drift is smooth: expect the last drift velocity, then look for a jump
-                d_inc = self._drift_vel * steps
+                d_inc = self._drift_vel * steps if steps > 1 else self._drift_vel
                 look_for_jump = True
             else:
                 d_inc = np.zeros(2)
@@ -1162,16 +1190,9 @@ class Tracker:
                 if steps > 1:
                     disp /= steps
                 med = _median_rows(disp)
-                mad = _median_rows(np.abs(disp - med)) * 1.4826
-                var = (mad**2 + 1e-12) / len(disp)
-                if jumped:
-                    self._drift_vel, self._drift_var = med, var
-                else:
-                    p = self._drift_var + steps * cfg.drift_change_nm_per_frame**2
-                    gain = p / (p + var)
-                    self._drift_vel = self._drift_vel + gain * (med - self._drift_vel)
-                    self._drift_var = (1 - gain) * p
-                d_inc = self._drift_vel * steps
+                mad = _median_rows(np.abs(disp - med))
+                self._filter_drift(med.tolist(), mad.tolist(), len(disp), steps, jumped)
+                d_inc = self._drift_vel * steps if steps > 1 else self._drift_vel
                 det = det_raw - (self._drift + d_inc)
             elif jumped:
                 self._drift_vel = d_inc / steps
@@ -1317,7 +1338,7 @@ class Tracker:
         with self._lock:
             self._hist.append(
                 (
-                    np.full(n_det, frame_idx, dtype=np.int64),
+                    frame_idx,  # (one number: _absorb repeats it for the frame's rows)
                     det_track,
                     time_s,
                     diam,
@@ -1804,7 +1825,10 @@ class Tracker:
         if self._hist:
             chunks = self._hist
             self._hist = []
-            new = [np.concatenate(c) for c in zip(*chunks, strict=True)]
+            frames, *columns = zip(*chunks, strict=True)
+            lengths = [len(c) for c in columns[0]]
+            new = [np.repeat(np.array(frames, dtype=np.int64), lengths)]
+            new += [np.concatenate(c) for c in columns]
             keep = new[1] >= 0
             n_new = int(keep.sum())
             need = self._n_rows + n_new
@@ -2046,18 +2070,21 @@ def _link_frames(
     found = _detections(columns, tr.pixel_size_nm, copy=False)
     # the detections of frame k are found[cut[k]:cut[k + 1]] (rows with NaN coordinates
     # are missing from found: count the kept rows before each frame's first row)
-    cut = np.searchsorted(found.rows, bounds)
+    cut = np.searchsorted(found.rows, bounds).tolist()
+    first_rows = bounds[:-1]
+    frame_of = sorted_frames[first_rows].tolist() if len(first_rows) else []
+    bounds = bounds.tolist()
     track_sorted = np.full(len(table), -1, dtype=np.int64)
     event_rows: list[tuple[int, str, str, int]] = []
-    for k in range(len(bounds) - 1):
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        f = int(sorted_frames[a])
-        lab = labels[f] if labels is not None else None
-        img = images[f] if images is not None else None
-        frame_found = _slice_detections(found, slice(cut[k], cut[k + 1]))
-        frame_found = frame_found._replace(rows=frame_found.rows - a)
-        track_sorted[a:b], events = tr._advance(f, b - a, frame_found, labels=lab, image=img)
-        event_rows.extend(events)
+    with np.errstate(**_FRAME_ERRSTATE):
+        for k, f in enumerate(frame_of):
+            a, b = bounds[k], bounds[k + 1]
+            lab = labels[f] if labels is not None else None
+            img = images[f] if images is not None else None
+            frame_found = _slice_detections(found, slice(cut[k], cut[k + 1]))
+            frame_found = frame_found._replace(rows=frame_found.rows - a)
+            track_sorted[a:b], events = tr._advance(f, b - a, frame_found, labels=lab, image=img)
+            event_rows.extend(events)
     if in_order:
         return track_sorted, event_rows
     track_id = np.empty_like(track_sorted)
