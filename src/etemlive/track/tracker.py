@@ -504,9 +504,10 @@ def _pairs_within(
     if len(a) * len(b) <= _DENSE_PAIRS:
         # few enough to measure every pair: no sort, pairs come out in (i, j) order;
         # points as complex numbers (a view, no copy) make it two array operations
-        d = np.abs(_as_complex(a) - _as_complex(b).T)
-        i, j = np.nonzero(d <= (r[:, None] if r.ndim else r))
-        return i, j, d[i, j]
+        d = np.abs(_as_complex(a) - _as_complex(b).T).ravel()
+        flat = (d <= (r.repeat(len(b)) if r.ndim else r)).nonzero()[0]  # np.nonzero in 2-D
+        i, j = np.divmod(flat, len(b))  # costs twice this
+        return i, j, d[flat]
     if r.ndim == 0:
         r = np.full(len(a), float(r))
     if len(a) * len(b) <= 16384:
@@ -827,6 +828,7 @@ class Tracker:
         self._step = np.zeros(0)  # typical own displacement per frame (running mean), nm
         # a merge seen but not yet confirmed: the id of the track it merged into, and when
         self._pend_into = np.zeros(0, dtype=np.int64)
+        self._maybe_pending = False  # False: no _pend_into is set (checks skipped)
         self._pend_frame = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
         self._missed = np.zeros(0, dtype=np.int64)
@@ -1284,7 +1286,7 @@ class Tracker:
             # none, the jump in size is the particle itself measured larger: low-dose noise)
             b = _nz(blob)
             blob[b] = self._touches_lost(det[m_d[b]], diam[m_d[b]], pred, ~matched & ~ended)
-        pend = self._pend_into[self._pend_into >= 0]
+        pend = self._pend_into[self._pend_into >= 0] if self._maybe_pending else ()
         if len(pend):
             blob |= _isin(self._ids[m_t], pend) & keep_m
         if self._whole:
@@ -1381,11 +1383,13 @@ class Tracker:
         self._P[mt] = P_m
         moved = pos_m - self._pos.take(mt, axis=0)
         step = np.hypot(moved[:, 0], moved[:, 1]) / (frame_idx - self._seen[mt])
-        self._step[mt] = 0.5 * self._step[mt] + 0.5 * step
+        step += self._step[mt]
+        step *= 0.5  # running mean: (old + new) / 2, exactly 0.5 old + 0.5 new
+        self._step[mt] = step
         self._pos[mt] = pos_m
         self._diam[mt] = diam_m
         dsm = self._dsm[mt]
-        both = np.isfinite(np.log(dsm)) & np.isfinite(np.log(diam_m))
+        both = np.isfinite(np.log(dsm) + np.log(diam_m))  # both logs finite
         self._dsm[mt] = np.where(both, np.sqrt(dsm * diam_m), diam_m)
         self._hits[mt] += 1
         self._area[mt] = area_m
@@ -1470,7 +1474,7 @@ class Tracker:
         if len(ex):
             ex_rows = miss[ex]
             pred = pred.copy()
-            pred[ex_rows] = self._pos[ex_rows]
+            pred[ex_rows] = self._pos.take(ex_rows, axis=0)
             root_gap = np.sqrt(missed[ex_rows])  # (missed > max_gap_frames >= 0)
             wide = gate_miss[ex] * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
             own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step[ex] * root_gap)
@@ -1609,6 +1613,7 @@ class Tracker:
                 # wait: a segmentation glitch (two touching particles seen as one for a
                 # frame) comes apart again and the lost track simply links back
                 self._pend_into[absorbed] = self._ids[survivor]
+                self._maybe_pending = True
                 self._pend_frame[absorbed] = frame_idx
                 continue
             self._merge(
@@ -1640,8 +1645,11 @@ class Tracker:
         """Pending merges whose lost tracks stayed lost ``merge_confirm_frames`` frames while
         the track they merged into went on: merge events (dated when the merge was seen)."""
         cfg = self.config
+        if not self._maybe_pending:
+            return
         pend = self._pend_into >= 0
         if not np.count_nonzero(pend):
+            self._maybe_pending = False
             return
         # a pending track seen again was not merged
         self._pend_into[pend & matched] = -1
