@@ -253,6 +253,11 @@ def _nan_to_zero(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), 0.0, a)
 
 
+def _nansum(a: np.ndarray) -> np.floating:
+    """``np.nansum`` of a few values (the same sum, without its checks and copies)."""
+    return np.add.reduce(_nan_to_zero(a))
+
+
 def _median_rows(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=0)`` of a small (n, k) array, without its per-call overhead."""
     s = np.sort(a, axis=0)
@@ -542,7 +547,7 @@ def _nearest(points: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
         return np.asarray(dist).reshape(len(queries), k), np.asarray(idx).reshape(len(queries), k)
     d = np.abs(_as_complex(queries) - _as_complex(points).T)
     idx = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(d, idx, axis=1), idx
+    return np.sort(d, axis=1)[:, :k], idx  # (the same values as d at idx, cheaper)
 
 
 def _compact(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1591,22 +1596,23 @@ class Tracker:
         # each lost track merges into at most one detection: its nearest qualifying one
         ci, dj, dd = ci[ok], dj[ok], dd[ok]
         order = np.lexsort((dd, ci))
-        first = np.r_[True, ci[order][1:] != ci[order][:-1]]
-        ci, dj = ci[order][first], dj[order][first]
+        ci, dj = ci[order], dj[order]
+        first = np.concatenate(([True], ci[1:] != ci[:-1]))
+        ci, dj = ci[first], dj[first]
         row_of_det = np.full(len(det), -1, dtype=np.int64)
         row_of_det[m_d] = m_t
-        for j in np.unique(dj).tolist():
+        for j in sorted(set(dj.tolist())):  # (np.unique, for a few values)
             absorbed = ci[dj == j]
             survivor = int(row_of_det[j])
             parts = absorbed.tolist() + ([survivor] if survivor >= 0 else [])
             if len(parts) < 2:
                 continue
-            parts_area = float(np.nansum(self._area[parts]))
+            parts_area = float(_nansum(self._area[parts]))
             if not area[j] >= cfg.merge_area_min * parts_area:
                 continue
             if survivor >= 0 and not (
                 area[j]
-                >= self._area[survivor] + cfg.merge_growth_min * np.nansum(self._area[absorbed])
+                >= self._area[survivor] + cfg.merge_growth_min * _nansum(self._area[absorbed])
             ):
                 continue  # the linked particle did not take up the lost one's matter
             if survivor >= 0 and cfg.merge_confirm_frames > 1 and len(self._roots(parts)) > 1:
@@ -1632,13 +1638,14 @@ class Tracker:
         old = _nz(self._hits[rows] >= cfg.confirm_hits)
         nb = _nz(self._hits >= cfg.confirm_hits)
         diam = _nan_to_zero(self._diam[nb])
-        if len(old) == 0 or len(nb) < 2 or not diam.max() > 0:
+        widest = float(diam.max()) if len(nb) else 0.0
+        if len(old) == 0 or len(nb) < 2 or not widest > 0:
             return hidden
         r = rows[old]
-        i, j, dist = _pairs_within(self._pos[r], self._pos[nb], float(diam.max()) / 2)
+        i, j, dist = _pairs_within(self._pos.take(r, axis=0), self._pos.take(nb, axis=0), widest / 2)
         nj = nb[j]
         ok = (dist < diam[j] / 2) & (nj != r[i]) & (self._seen[nj] == self._seen[r[i]])
-        hidden[old[np.unique(i[ok])]] = True
+        hidden[old[i[ok]]] = True
         return hidden
 
     def _confirm_merges(self, frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events):
