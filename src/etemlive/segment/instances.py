@@ -239,7 +239,7 @@ def merge_shallow_splits(
         return labels
     pa, pb, saddles, _contact = pairs
     # per-label maxima over the labelled pixels only (flat indices: no 2-D boolean masks)
-    at = np.flatnonzero(labels)
+    at = np.flatnonzero(labels > 0)
     lab = labels.ravel()[at]
     peak = _label_max(lab, relief, at, n)
     low_peak = np.minimum(peak[pa], peak[pb]).astype(np.float64)
@@ -358,25 +358,32 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
     """
     h, w = relief.shape
     wp = w + 2
-    # the mask pixels as flat indices into the frame (at) and into the frame padded by
-    # one pixel (at_pad): neighbour look-ups need no bounds checks there
-    at = np.flatnonzero(mask)
-    out = np.zeros((h, w), np.int32)
+    at = np.flatnonzero(mask)  # the mask pixels' flat indices in the frame
     if at.size == 0:
-        return out
-    at_pad = at + (at // w) * 2 + (wp + 1)
-    step = _uphill_steps(relief, mask, at_pad, wp)
+        return np.zeros((h, w), np.int32)
+    # ... and in the frame padded by one pixel, less (wp + 1): pos + (wp + 1) + offset
+    # is a neighbour, never outside the padded frame (no bounds checks)
+    pos = at // w
+    pos *= 2
+    pos += at
+    # One padded-frame buffer serves as the keys, then the pixel-number map, then the
+    # output: each fresh frame-sized array costs ~1 000 page faults at 1024^2 (~2 ms here).
+    buf = np.empty((h + 2) * wp, np.int32)
     seeds = markers.ravel()[at]
-    step[seeds != 0] = 0  # markers are path ends
-    compact = np.empty((h + 2) * wp, np.int32)  # padded position -> mask pixel number
-    compact[at_pad] = np.arange(at.size, dtype=np.int32)  # (only mask positions are read)
-    parent = compact[at_pad + step]  # uphill neighbours are mask pixels
+    step = _uphill_steps(relief, mask, pos, seeds, buf)
+    step = step + pos
+    inner = buf[wp + 1:]
+    inner[pos] = np.arange(at.size, dtype=np.int32)  # padded position -> mask pixel number
+    parent = inner[step].astype(np.intp)  # uphill neighbours are mask pixels (only those are read)
+    nxt = step  # reused: two buffers in turn, no fresh array per pass
     for _ in range(64):  # converges in ~log2(longest path) passes
-        nxt = parent[parent]
+        np.take(parent, parent, out=nxt, mode="clip")  # (the default mode copies ``out``)
         if np.array_equal(nxt, parent):
             break
-        parent = nxt
+        parent, nxt = nxt, parent
     lab = seeds[parent]
+    out = buf[: h * w].reshape(h, w)
+    out.fill(0)
     out.ravel()[at] = lab
     lost = lab == 0
     if lost.any():  # a path ended at a peak without a marker: take a neighbour's label
@@ -384,33 +391,41 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
     return out
 
 
-def _uphill_steps(relief: np.ndarray, mask: np.ndarray, at_pad: np.ndarray, wp: int) -> np.ndarray:
-    """Offset (in the padded frame) from each mask pixel to its highest 8-neighbour.
+def _uphill_steps(relief: np.ndarray, mask: np.ndarray, pos: np.ndarray, seeds: np.ndarray,
+                  buf: np.ndarray) -> np.ndarray:
+    """Offset (int32, in the padded frame) from each mask pixel to its highest 8-neighbour.
 
-    0 where no neighbour is higher; among equally high neighbours the first in
-    :data:`_NEIGHBOURS` order. One maximum per neighbour over keys ``16 relief + c``
+    0 where no neighbour is higher and at seeds (``seeds != 0``); among equally high
+    neighbours the first in :data:`_NEIGHBOURS` order. ``pos`` are the mask pixels'
+    positions in the frame padded by one pixel, less ``W + 3``; ``buf`` is a work
+    buffer of the padded frame's size (int32). One maximum per neighbour over keys ``16 relief + c``
     (self: ``c = 15``, k-th neighbour: ``c = 7 - k``): the largest key is the highest
     pixel, ties going to the pixel itself, then to the earlier neighbour; this is
-    the running "strictly higher than the best so far" scan, without its two masked
+    the running "strictly higher than the best so far" scan without its two masked
     copies per neighbour (3x slower).
     """
     h, w = relief.shape
+    wp = w + 2
     # keys of the padded frame; border and background -16 (relief -1): never uphill
-    key = np.full((h + 2, wp), -16, np.int32)
-    np.multiply(relief.astype(np.int16, copy=False), 16, out=key[1:-1, 1:-1], where=mask, dtype=np.int32)
-    key = key.ravel()
-    best = key[at_pad]
+    key = buf.reshape(h + 2, wp)
+    key[0] = key[-1] = key[:, 0] = key[:, -1] = -16
+    inside = np.where(mask, relief.astype(np.int16, copy=False), np.int16(-1))
+    np.multiply(inside, 16, out=key[1:-1, 1:-1], dtype=np.int32)
+    best = np.take(buf[wp + 1:], pos)
     best += 15
-    idx = np.empty_like(at_pad)
     cand = np.empty_like(best)
     for k, (dy, dx) in enumerate(_NEIGHBOURS):
-        np.add(at_pad, dy * wp + dx, out=idx)
-        np.take(key, idx, out=cand)
+        # the neighbour's key: a gather from the buffer shifted by its offset (no index sums)
+        np.take(buf[wp + 1 + dy * wp + dx:], pos, out=cand, mode="clip")  # (the default mode copies ``out``)
         cand += 7 - k
         np.maximum(best, cand, out=best)
-    offsets = np.zeros(16, np.int64)
-    offsets[7 - np.arange(8)] = [dy * wp + dx for dy, dx in _NEIGHBOURS]
-    return offsets[best & 15]
+    best &= 15
+    code = best.astype(np.uint8)
+    code[seeds != 0] = 15  # markers are path ends
+    # code -> offset by an 8-bit look-up table (numpy's take with int32 indices: 20x slower)
+    lut = np.zeros(256, np.int32)
+    lut[7 - np.arange(8)] = [dy * wp + dx for dy, dx in _NEIGHBOURS]
+    return cv2.LUT(code, lut).ravel()
 
 
 def _fill_lost(out: np.ndarray, lost_at: np.ndarray) -> None:
