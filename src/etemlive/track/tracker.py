@@ -837,6 +837,9 @@ class Tracker:
         self._pend_frame = np.zeros(0, dtype=np.int64)
         self._seen = np.zeros(0, dtype=np.int64)  # last frame seen
         self._missed = np.zeros(0, dtype=np.int64)
+        # :meth:`_gap_limit` of a track while it is missed (it depends only on what was
+        # measured when last linked, so it is computed once per gap); -1: not yet
+        self._limit = np.zeros(0, dtype=np.int64)
         # every track ever, indexed by id
         self._first: list[int] = []
         self._fate: list[str] = []
@@ -911,6 +914,7 @@ class Tracker:
             "_pend_frame",
             "_seen",
             "_missed",
+            "_limit",
         ):
             setattr(self, name, getattr(self, name)[keep])
 
@@ -958,6 +962,7 @@ class Tracker:
         self._pend_frame = np.concatenate([self._pend_frame, np.zeros(len(ids), dtype=np.int64)])
         self._seen = np.concatenate([self._seen, np.full(len(ids), frame, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(len(ids), dtype=np.int64)])
+        self._limit = np.concatenate([self._limit, np.full(len(ids), -1, dtype=np.int64)])
 
     # ---------------------------------------------------------------- drift
     def _drift_from_image(self, image: np.ndarray | None, prev_frame: int) -> np.ndarray | None:
@@ -1316,7 +1321,12 @@ class Tracker:
         lost = _nz(~matched & ~ended)
         if len(lost):
             self._missed[lost] += 1
-            over = lost[self._missed[lost] > self._gap_limit(lost)]
+            limit = self._limit[lost]
+            unknown = limit < 0  # missed since it was last measured: compute its limit
+            if np.count_nonzero(unknown):
+                limit[unknown] = self._gap_limit(lost[unknown])
+                self._limit[lost] = limit
+            over = lost[self._missed[lost] > limit]
             if len(over):
                 gone = ended.copy()
                 gone[over] = True
@@ -1403,6 +1413,7 @@ class Tracker:
         self._edge[mt] = det_edge[md]
         self._seen[mt] = frame_idx
         self._missed[mt] = 0
+        self._limit[mt] = -1  # measured anew: its gap limit may change
 
     def _frame_index(self, particles: pd.DataFrame, frame: int | None) -> int:
         if "frame" in particles.columns and len(particles):
@@ -1460,14 +1471,18 @@ class Tracker:
         m = np.minimum(missed[miss], cfg.max_gap_frames)
         step = self._step[miss]
         moved = self._hits[miss] >= 2
-        if np.count_nonzero(moved) < len(miss):
+        all_moved = np.count_nonzero(moved) == len(miss)  # (then no np.where below)
+        if not all_moved:
             known = self._hits >= max(cfg.confirm_hits, 2)
             typical = _median_rows(self._step[known]) if np.count_nonzero(known) else np.inf
             step = np.where(moved, step, typical)
             moved = np.isfinite(step)
         widen = cfg.gate_growth_per_gap * m
         own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm  # 0 x inf: not used
-        widen = np.where(moved, np.minimum(widen, own_widen), widen)
+        if all_moved:
+            widen = np.minimum(widen, own_widen)
+        else:
+            widen = np.where(moved, np.minimum(widen, own_widen), widen)
         gate_miss = cfg.gate_nm * (1.0 + widen)
         # A track that left the field of view (last seen on the border, missed longer than
         # max_gap_frames) waits where it left; its gate grows like diffusion, sqrt(gap),
@@ -1483,7 +1498,11 @@ class Tracker:
             root_gap = np.sqrt(missed[ex_rows])  # (missed > max_gap_frames >= 0)
             wide = gate_miss[ex] * root_gap / math.sqrt(max(cfg.max_gap_frames, 1))
             own = np.maximum(cfg.gate_nm, _GAP_SIGMAS * step[ex] * root_gap)
-            gate_miss[ex] = np.where(moved[ex], np.minimum(wide, own), wide)
+            gate_miss[ex] = (
+                np.minimum(wide, own)
+                if all_moved
+                else np.where(moved[ex], np.minimum(wide, own), wide)
+            )
         gate = np.full(len(pred), cfg.gate_nm)
         gate[miss] = gate_miss
         ti, dj, dist = _pairs_within(pred, det, gate)
@@ -1528,7 +1547,7 @@ class Tracker:
             size = np.abs(np.log(diam[dj] / self._dsm[ti]))
             # two views cut by the border say nothing about the particle's size
             size[~np.isfinite(size) | (self._edge[ti] & det_edge[dj])] = 0.0
-            cost += cfg.size_weight * size
+            cost += cfg.size_weight * size if cfg.size_weight != 1 else size
         if overlap is not None and cfg.overlap_weight:
             # only tracks seen in the previous frame have a mask there
             prev_lab = np.where(self._seen[ti] == self._prev_labels_frame, self._label[ti], 0)
@@ -1642,7 +1661,9 @@ class Tracker:
         if len(old) == 0 or len(nb) < 2 or not widest > 0:
             return hidden
         r = rows[old]
-        i, j, dist = _pairs_within(self._pos.take(r, axis=0), self._pos.take(nb, axis=0), widest / 2)
+        i, j, dist = _pairs_within(
+            self._pos.take(r, axis=0), self._pos.take(nb, axis=0), widest / 2
+        )
         nj = nb[j]
         ok = (dist < diam[j] / 2) & (nj != r[i]) & (self._seen[nj] == self._seen[r[i]])
         hidden[old[i[ok]]] = True
