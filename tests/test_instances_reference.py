@@ -215,3 +215,18 @@ def test_merge_shallow_splits_matches_the_pairwise_rule(seed, dynamic):
     np.testing.assert_array_equal(merge_shallow_splits(labels, relief, dynamic), ref_merge(labels, relief, dynamic))
     got = merge_shallow_splits(labels, relief, dynamic, mask_distance=thick, neck_ratio=0.8)
     np.testing.assert_array_equal(got, ref_merge(labels, relief, dynamic, thick, 0.8))
+
+
+def test_adjacent_pairs_same_beyond_16_bit_label_ids():
+    # ids above 65 535 take the float32 path of the boundary search: same pairs and saddles
+    labels, rng = random_labels(3)
+    relief = rng.integers(0, 6, labels.shape).astype(np.int16)
+    n = int(labels.max()) + 1
+    small = _adjacent_pairs(labels, (relief,), n)
+    big_labels = np.where(labels > 0, labels + 70_000, 0).astype(np.int32)
+    big = _adjacent_pairs(big_labels, (relief,), n + 70_000)
+    np.testing.assert_array_equal(big[0] - 70_000, small[0])
+    np.testing.assert_array_equal(big[1] - 70_000, small[1])
+    np.testing.assert_array_equal(big[2][0], small[2][0])
+    np.testing.assert_array_equal(big[3], small[3])
+    assert small[0].size >= 5  # the Voronoi cells do touch
