@@ -244,7 +244,7 @@ def _detections(
 
 def _slice_detections(det: _Detections, sel: np.ndarray | slice) -> _Detections:
     """The detections ``sel`` (an index array or a slice) of ``det``."""
-    return _Detections(*(None if c is None else c[sel] for c in det))
+    return _Detections(*[None if c is None else c[sel] for c in det])
 
 
 def _nan_to_zero(a: np.ndarray) -> np.ndarray:
@@ -265,6 +265,20 @@ def _median_rows(a: np.ndarray) -> np.ndarray:
     if n % 2:
         return s[n // 2]  # the middle row itself: (m + m) / 2 is m exactly
     return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def _median_and_mad(a: np.ndarray) -> tuple[list[float], list[float]]:
+    """Median and median absolute deviation of each column of a small (n, 2) array, as
+    ``_median_rows`` gives them, computed on a transposed copy (rows sort faster than
+    strided columns)."""
+    t = a.T.copy()
+    s = np.sort(t, axis=1)
+    n = t.shape[1]
+    med = s[:, n // 2] if n % 2 else (s[:, n // 2 - 1] + s[:, n // 2]) / 2
+    dev = np.abs(t - med[:, None])
+    dev.sort(axis=1)
+    mad = dev[:, n // 2] if n % 2 else (dev[:, n // 2 - 1] + dev[:, n // 2]) / 2
+    return med.tolist(), mad.tolist()
 
 
 def _positive(name: str, value: float) -> None:
@@ -555,7 +569,10 @@ def _compact(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     instead of a sort."""
     used = np.zeros(n, dtype=bool)
     used[idx] = True
-    return _nz(used), (np.cumsum(used) - 1)[idx]
+    unique = _nz(used)
+    position = np.empty(n, dtype=np.int64)
+    position[unique] = np.arange(len(unique))
+    return unique, position[idx]
 
 
 def solve_gated_assignment(
@@ -601,7 +618,7 @@ def solve_gated_assignment(
     # Fast path: a pair whose row and column have no other allowed pair links directly.
     row_deg = np.bincount(rows, minlength=n_rows)
     col_deg = np.bincount(cols, minlength=n_cols)
-    single = (row_deg[rows] == 1) & (col_deg[cols] == 1)
+    single = row_deg[rows] * col_deg[cols] == 1  # (both degrees are >= 1)
     out_r: list[np.ndarray] = [rows[single]]
     out_c: list[np.ndarray] = [cols[single]]
     if len(out_r[0]) == len(rows):
@@ -612,7 +629,8 @@ def solve_gated_assignment(
     c_u, c_inv = _compact(cols, n_cols)
     if len(r_u) * len(c_u) <= _DENSE_LIMIT:
         # small remainder: one dense Hungarian is cheaper than finding the blocks
-        block = np.full((len(r_u), len(c_u)), limit)
+        block = np.empty((len(r_u), len(c_u)))
+        block.fill(limit)  # (np.full without its Python wrapper)
         block[r_inv, c_inv] = costs
         ri, ci = linear_sum_assignment(block)
         ok = block[ri, ci] < limit
@@ -1201,9 +1219,8 @@ class Tracker:
                 disp = det_raw.take(ld, axis=0) - self._drift - self._pos.take(lt, axis=0)
                 if steps > 1:
                     disp /= steps
-                med = _median_rows(disp)
-                mad = _median_rows(np.abs(disp - med))
-                self._filter_drift(med.tolist(), mad.tolist(), len(disp), steps, jumped)
+                med, mad = _median_and_mad(disp)
+                self._filter_drift(med, mad, len(disp), steps, jumped)
                 d_inc = self._drift_vel * steps if steps > 1 else self._drift_vel
                 det = det_raw - (self._drift + d_inc)
             elif jumped:
@@ -1242,7 +1259,7 @@ class Tracker:
                 ended,
                 events,
             )
-        if cfg.detect_merges and len(self._ids) and cfg.merge_confirm_frames > 1:
+        if self._maybe_pending and cfg.detect_merges and cfg.merge_confirm_frames > 1:
             self._confirm_merges(frame_idx, matched, m_t, m_d, det_track, det_is_new, ended, events)
         for old_row, new_row, j in self._swaps:
             if old_row >= 0:
@@ -1277,6 +1294,7 @@ class Tracker:
                     events.append((frame_idx, "appear", str(tid), -1))
 
         # 6. update linked tracks, age the others, drop vanished / merged ones
+        any_ended = bool(np.count_nonzero(ended))
         keep_m = ~ended[m_t]
         # A track linked to a blob (an unconfirmed merge, or a sudden jump in area: two
         # touching particles segmented as one) keeps its own position and size, so that
@@ -1301,7 +1319,8 @@ class Tracker:
             blob |= _isin(self._ids[m_t], pend) & keep_m
         if self._whole:
             blob &= ~_isin(m_t, np.asarray(self._whole))
-        if np.count_nonzero(blob):
+        has_blob = bool(np.count_nonzero(blob))
+        if has_blob:
             self._seen[m_t[blob]] = frame_idx
             self._missed[m_t[blob]] = 0
             self._label[m_t[blob]] = det_label[m_d[blob]]
@@ -1310,7 +1329,7 @@ class Tracker:
             self._blob_run[m_t[~blob]] = 0
         else:
             self._blob_run[m_t] = 0
-        if np.count_nonzero(keep_m) < len(m_t):
+        if any_ended or has_blob:
             mt, md = m_t[keep_m], m_d[keep_m]
         else:  # the usual case: every link is an update
             mt, md = m_t, m_d
@@ -1318,7 +1337,7 @@ class Tracker:
             self._update_linked(mt, md, det, diam, area, det_label, det_edge, frame_idx)
         # tracks not linked (nor ended) missed this frame; those missed too long vanished
         gone = ended
-        lost = _nz(~matched & ~ended)
+        lost = _nz(~matched & ~ended if any_ended else ~matched)
         if len(lost):
             self._missed[lost] += 1
             limit = self._limit[lost]
@@ -1330,7 +1349,8 @@ class Tracker:
             if len(over):
                 gone = ended.copy()
                 gone[over] = True
-        self._vanish(gone, events, merged=ended)
+        if any_ended or gone is not ended:
+            self._vanish(gone, events, merged=ended)
         new_idx = _nz(det_is_new)
         if len(new_idx):
             self._append_tracks(
@@ -1673,8 +1693,6 @@ class Tracker:
         """Pending merges whose lost tracks stayed lost ``merge_confirm_frames`` frames while
         the track they merged into went on: merge events (dated when the merge was seen)."""
         cfg = self.config
-        if not self._maybe_pending:
-            return
         pend = self._pend_into >= 0
         if not np.count_nonzero(pend):
             self._maybe_pending = False
