@@ -242,9 +242,13 @@ def _detections(
     )
 
 
-def _slice_detections(det: _Detections, sel: np.ndarray | slice) -> _Detections:
-    """The detections ``sel`` (an index array or a slice) of ``det``."""
-    return _Detections(*[None if c is None else c[sel] for c in det])
+def _slice_detections(
+    det: _Detections, sel: np.ndarray | slice, row_offset: int = 0
+) -> _Detections:
+    """The detections ``sel`` (an index array or a slice) of ``det``, their ``rows``
+    less ``row_offset``."""
+    rows = det.rows[sel] - row_offset if row_offset else det.rows[sel]
+    return _Detections(rows, *[None if c is None else c[sel] for c in det[1:]])
 
 
 def _nan_to_zero(a: np.ndarray) -> np.ndarray:
@@ -1241,9 +1245,14 @@ class Tracker:
         self._products: list[int] = []  # merge products born in this frame
         self._whole: list[int] = []  # rows whose fragments rejoined them in this frame
 
-        # (with every track linked, none was lost: no merge to look for)
-        if cfg.detect_merges and len(m_t) < len(self._ids):
+        # tracks lost in this frame (seen in the last one) may have merged: with every
+        # track linked, none was lost
+        lost_now = None
+        if cfg.detect_merges and len(m_t) < len(self._ids) and len(det):
+            lost_now = ~matched & (self._missed == 0)
+        if lost_now is not None and np.count_nonzero(lost_now):
             self._find_merges(
+                lost_now,
                 frame_idx,
                 matched,
                 m_t,
@@ -1581,6 +1590,7 @@ class Tracker:
 
     def _find_merges(
         self,
+        lost,
         frame_idx,
         matched,
         m_t,
@@ -1596,13 +1606,11 @@ class Tracker:
         ended,
         events,
     ) -> None:
-        """Tracks lost this frame whose particle is now covered by a detection: merges."""
+        """Tracks ``lost`` this frame (a mask, some true) whose particle is now covered by a
+        detection (``det`` not empty): merges."""
         cfg = self.config
         # lost in this frame, and not a particle that was shrinking away (ripening: vanish);
         # one whose visible area collapsed because another particle hid it is no such one
-        lost = ~matched & (self._missed == 0)
-        if not np.count_nonzero(lost) or len(det) == 0:
-            return
         shrunk = lost & (self._area < cfg.vanish_fraction * self._peak)
         if np.count_nonzero(shrunk):
             shrunk[shrunk] = ~self._hidden(_nz(shrunk))
@@ -2135,8 +2143,7 @@ def _link_frames(
             a, b = bounds[k], bounds[k + 1]
             lab = labels[f] if labels is not None else None
             img = images[f] if images is not None else None
-            frame_found = _slice_detections(found, slice(cut[k], cut[k + 1]))
-            frame_found = frame_found._replace(rows=frame_found.rows - a)
+            frame_found = _slice_detections(found, slice(cut[k], cut[k + 1]), row_offset=a)
             track_sorted[a:b], events = tr._advance(f, b - a, frame_found, labels=lab, image=img)
             event_rows.extend(events)
     if in_order:
