@@ -1212,12 +1212,12 @@ class Tracker:
         # 4. drift from the matches: median displacement from the last *measured* positions
         # (not the predictions, whose velocities would soak up a common drift), filtered
         # in time as a slowly changing drift velocity
+        last = self._seen[m_t] == prev_frame  # linked tracks seen in the last frame
+        n_last = np.count_nonzero(last)
         if drift_from_image:
             self._drift_vel = d_inc / steps
             self._drift_var[:] = 0.0
         elif cfg.drift in ("auto", "matches"):
-            last = self._seen[m_t] == prev_frame
-            n_last = np.count_nonzero(last)
             if n_last >= max(cfg.min_drift_matches, 1):
                 lt, ld = (m_t, m_d) if n_last == len(m_t) else (m_t[last], m_d[last])
                 disp = det_raw.take(ld, axis=0) - self._drift - self._pos.take(lt, axis=0)
@@ -1343,7 +1343,9 @@ class Tracker:
         else:  # the usual case: every link is an update
             mt, md = m_t, m_d
         if len(mt):
-            self._update_linked(mt, md, det, diam, area, det_label, det_edge, frame_idx)
+            # every one seen in the last frame: all were missed for none
+            gap = steps if n_last == len(m_t) and not self._swaps else None
+            self._update_linked(mt, md, det, diam, area, det_label, det_edge, frame_idx, gap)
         # tracks not linked (nor ended) missed this frame; those missed too long vanished
         gone = ended
         lost = _nz(~matched & ~ended if any_ended else ~matched)
@@ -1411,8 +1413,10 @@ class Tracker:
         det_label: np.ndarray,
         det_edge: np.ndarray,
         frame_idx: int,
+        gap: int | None,
     ) -> None:
-        """Update the tracks ``mt`` with the detections ``md`` they were linked to.
+        """Update the tracks ``mt`` with the detections ``md`` they were linked to, ``gap``
+        frames after they were last seen (None: as many as each track's own).
 
         A frame's arrays are small, so the number of numpy calls is the cost: each column
         is gathered once, and rows of 2-D arrays with ``take`` (a fraction of the cost of
@@ -1426,7 +1430,11 @@ class Tracker:
         self._x[mt] = x_m
         self._P[mt] = P_m
         moved = pos_m - self._pos.take(mt, axis=0)
-        step = np.hypot(moved[:, 0], moved[:, 1]) / (frame_idx - self._seen[mt])
+        step = np.hypot(moved[:, 0], moved[:, 1])  # per frame of the gap:
+        if gap is None:
+            step /= frame_idx - self._seen[mt]
+        elif gap > 1:
+            step /= gap
         step += self._step[mt]
         step *= 0.5  # running mean: (old + new) / 2, exactly 0.5 old + 0.5 new
         self._step[mt] = step
