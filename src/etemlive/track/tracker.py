@@ -285,6 +285,21 @@ def _median_and_mad(a: np.ndarray) -> tuple[list[float], list[float]]:
     return med.tolist(), mad.tolist()
 
 
+def _drift_axis(
+    v0: float, p0: float, med: float, mad: float, n: int, q: float, jumped: bool
+) -> tuple[float, float]:
+    """One axis of :meth:`Tracker._filter_drift`: the drift velocity ``v0`` and its
+    variance ``p0`` (process variance ``q`` added) updated with the median ``med`` of
+    ``n`` displacements whose median absolute deviation is ``mad``."""
+    sd = mad * 1.4826  # MAD to standard deviation
+    r = (sd * sd + 1e-12) / n  # variance of the median
+    if jumped:  # restart at the measurement
+        return med, r
+    p = p0 + q
+    gain = p / (p + r)
+    return v0 + gain * (med - v0), (1 - gain) * p
+
+
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise InputError(f"TrackerConfig.{name} must be a positive finite number, got {value!r}")
@@ -1021,22 +1036,11 @@ class Tracker:
         floats (the same IEEE arithmetic as numpy's): on two numbers, a numpy call costs
         ten times the maths."""
         q = steps * self.config.drift_change_nm_per_frame**2
-        vel, var = [], []
-        for v0, p0, m, d in zip(
-            self._drift_vel.tolist(), self._drift_var.tolist(), med, mad, strict=True
-        ):  # the two axes
-            d *= 1.4826  # MAD to standard deviation
-            r = (d * d + 1e-12) / n  # variance of the median
-            if jumped:
-                vel.append(m)
-                var.append(r)
-            else:
-                p = p0 + q
-                gain = p / (p + r)
-                vel.append(v0 + gain * (m - v0))
-                var.append((1 - gain) * p)
-        self._drift_vel = np.array(vel)
-        self._drift_var = np.array(var)
+        (vx, vy), (px, py) = self._drift_vel.tolist(), self._drift_var.tolist()
+        vx, px = _drift_axis(vx, px, med[0], mad[0], n, q, jumped)
+        vy, py = _drift_axis(vy, py, med[1], mad[1], n, q, jumped)
+        self._drift_vel = np.array((vx, vy))
+        self._drift_var = np.array((px, py))
 
     def _mostly_near(
         self, ti: np.ndarray, dj: np.ndarray, dist: np.ndarray, n_tracks: int, n_det: int
@@ -1720,7 +1724,7 @@ class Tracker:
             return
         row_of_id = dict(zip(self._ids[m_t].tolist(), m_t.tolist(), strict=True))
         det_of_row = dict(zip(m_t.tolist(), m_d.tolist(), strict=True))
-        for into in np.unique(self._pend_into[pend]).tolist():
+        for into in sorted(set(self._pend_into[pend].tolist())):  # (np.unique, a few)
             absorbed = _nz(pend & (self._pend_into == into))
             survivor = row_of_id.get(into, -1)
             if survivor < 0 or ended[survivor]:
