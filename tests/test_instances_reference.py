@@ -125,7 +125,8 @@ def test_uphill_steps_match_the_first_highest_neighbour(seed):
     h, w = relief.shape
     wp = w + 2
     at = np.flatnonzero(mask)
-    steps = _uphill_steps(relief, mask, at + (at // w) * 2, np.zeros(at.size, np.int32), np.empty((h + 2) * wp, np.int32))
+    steps = _uphill_steps(relief.ravel()[at], at + (at // w) * 2, np.zeros(at.size, np.int32),
+                          np.empty((h + 2) * wp, np.int32), wp)
     want = ref_uphill(relief, mask)
     got = {(int(a // w), int(a % w)): s for a, s in zip(at, steps, strict=True)}
     assert got == {p: dy * wp + dx for p, (dy, dx) in want.items()}

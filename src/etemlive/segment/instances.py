@@ -370,7 +370,7 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
     # output: each fresh frame-sized array costs ~1 000 page faults at 1024^2 (~2 ms here).
     buf = np.empty((h + 2) * wp, np.int32)
     seeds = markers.ravel()[at]
-    step = _uphill_steps(relief, mask, pos, seeds, buf)
+    step = _uphill_steps(relief.astype(np.int16, copy=False).ravel()[at], pos, seeds, buf, wp)
     step = step + pos
     inner = buf[wp + 1:]
     inner[pos] = np.arange(at.size, dtype=np.int32)  # padded position -> mask pixel number
@@ -391,27 +391,25 @@ def ascent_watershed(relief: np.ndarray, markers: np.ndarray, mask: np.ndarray) 
     return out
 
 
-def _uphill_steps(relief: np.ndarray, mask: np.ndarray, pos: np.ndarray, seeds: np.ndarray,
-                  buf: np.ndarray) -> np.ndarray:
+def _uphill_steps(relief_px: np.ndarray, pos: np.ndarray, seeds: np.ndarray, buf: np.ndarray,
+                  wp: int) -> np.ndarray:
     """Offset (int32, in the padded frame) from each mask pixel to its highest 8-neighbour.
 
     0 where no neighbour is higher and at seeds (``seeds != 0``); among equally high
-    neighbours the first in :data:`_NEIGHBOURS` order. ``pos`` are the mask pixels'
-    positions in the frame padded by one pixel, less ``W + 3``; ``buf`` is a work
-    buffer of the padded frame's size (int32). One maximum per neighbour over keys ``16 relief + c``
-    (self: ``c = 15``, k-th neighbour: ``c = 7 - k``): the largest key is the highest
-    pixel, ties going to the pixel itself, then to the earlier neighbour; this is
-    the running "strictly higher than the best so far" scan without its two masked
-    copies per neighbour (3x slower).
+    neighbours the first in :data:`_NEIGHBOURS` order. ``relief_px`` (int16) and
+    ``seeds`` are the mask pixels' values, ``pos`` their positions in the frame
+    padded by one pixel (width ``wp``), less ``wp + 1``; ``buf`` is a work buffer of
+    the padded frame's size (int32). One maximum per neighbour over keys ``16 relief +
+    c`` (self: ``c = 15``, k-th neighbour: ``c = 7 - k``): the largest key is the
+    highest pixel, ties going to the pixel itself, then to the earlier neighbour;
+    this is the running "strictly higher than the best so far" scan without its two
+    masked copies per neighbour (3x slower).
     """
-    h, w = relief.shape
-    wp = w + 2
-    # keys of the padded frame; border and background -16 (relief -1): never uphill
-    key = buf.reshape(h + 2, wp)
-    key[0] = key[-1] = key[:, 0] = key[:, -1] = -16
-    inside = np.where(mask, relief.astype(np.int16, copy=False), np.int16(-1))
-    np.multiply(inside, 16, out=key[1:-1, 1:-1], dtype=np.int32)
-    best = np.take(buf[wp + 1:], pos)
+    # keys of the padded frame: -16 (relief -1, never uphill) but at the mask pixels,
+    # written there only (a fill and a scatter: the mask is often a small part of its box)
+    best = np.multiply(relief_px, 16, dtype=np.int32)
+    buf.fill(-16)
+    buf[wp + 1:][pos] = best
     best += 15
     cand = np.empty_like(best)
     for k, (dy, dx) in enumerate(_NEIGHBOURS):
