@@ -1056,3 +1056,60 @@ def test_link_of_a_shuffled_table_with_nan_rows_gives_each_row_the_same_id():
     tracker = Tracker(**kw)
     live = pd.concat([tracker.update(g).particles for _, g in tab.groupby("frame")])
     assert (live["track_id"].loc[tab.index] == ids).all()
+
+
+# ------------------------------------------------------------------ frame-step helpers
+# (the per-frame step swaps numpy calls for cheaper equivalents: each must give exactly
+# what the plain numpy call gives)
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 25])
+def test_median_and_mad_equal_numpy(n):
+    from etemlive.track.tracker import _median_and_mad
+
+    a = np.random.default_rng(n).normal(size=(n, 2)) * 7
+    med, mad = _median_and_mad(a)
+    want = np.median(a, axis=0)
+    assert med == want.tolist()
+    assert mad == np.median(np.abs(a - want), axis=0).tolist()
+
+
+def test_compact_equals_unique_with_inverse():
+    from etemlive.track.tracker import _compact
+
+    idx = np.array([7, 2, 7, 0, 9, 2, 2])
+    unique, inverse = _compact(idx, 10)
+    want_u, want_inv = np.unique(idx, return_inverse=True)
+    assert unique.tolist() == want_u.tolist() and inverse.tolist() == want_inv.tolist()
+
+
+@pytest.mark.parametrize("n_a, n_b", [(26, 24), (3, 0), (90, 90), (200, 150)])
+def test_pairs_within_finds_exactly_the_pairs_inside_each_radius(n_a, n_b):
+    from etemlive.track.tracker import _pairs_within
+
+    rng = np.random.default_rng(n_a)
+    a, b = rng.random((n_a, 2)) * 100, rng.random((n_b, 2)) * 100
+    radius = rng.uniform(5, 15, n_a)
+    i, j, d = _pairs_within(a, b, radius)
+    dist = np.hypot(*(a[:, None, :] - b[None, :, :]).transpose(2, 0, 1))
+    want_i, want_j = np.nonzero(dist <= radius[:, None])
+    got = sorted(zip(i.tolist(), j.tolist(), strict=True))
+    assert got == sorted(zip(want_i.tolist(), want_j.tolist(), strict=True))
+    assert np.allclose(d, dist[i, j], rtol=1e-12)
+    # one radius for all rows: the same as that radius repeated
+    i1, j1, d1 = _pairs_within(a, b, 10.0)
+    i2, j2, d2 = _pairs_within(a, b, np.full(n_a, 10.0))
+    assert i1.tolist() == i2.tolist() and j1.tolist() == j2.tolist() and d1.tolist() == d2.tolist()
+
+
+def test_gap_limit_follows_the_particle_as_measured_at_each_loss():
+    """A particle seen shrunk then missed (a shrinking particle waits 2 frames), seen again
+    at full size, then missed 4 frames: it waits max_gap_frames again (the limit of its
+    first loss is not reused) and keeps its id."""
+    rows = [(f, 0, 50.0, 50.0, 12.0) for f in range(5)]
+    rows += [(5, 0, 50.0, 50.0, 5.0)]  # shrunk below vanish_fraction of its peak area
+    rows += [(7, 0, 50.0, 50.0, 12.0)]  # frame 6 missed, then whole again
+    rows += [(12, 0, 50.0, 50.0, 12.0)]  # frames 8-11 missed (more than 2, at most 6)
+    rows += [(f, 1, 150.0, 150.0, 12.0) for f in range(13)]  # another one, every frame
+    tab = scene(rows).sort_values("frame", kind="stable")
+    out, events, _ = link_with_events(tab, pixel_size_nm=PX_NM, frame_interval_s=0.5)
+    assert_same_partition(out)
+    assert (events["kind"] != "vanish").all()
