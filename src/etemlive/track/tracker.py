@@ -638,9 +638,11 @@ def solve_gated_assignment(
     row_deg = np.bincount(rows, minlength=n_rows)
     col_deg = np.bincount(cols, minlength=n_cols)
     single = row_deg[rows] * col_deg[cols] == 1  # (both degrees are >= 1)
-    out_r: list[np.ndarray] = [rows[single]]
-    out_c: list[np.ndarray] = [cols[single]]
-    if len(out_r[0]) == len(rows):
+    # (masks applied to several arrays as indices: indexing by a mask costs more)
+    one = _nz(single)
+    out_r: list[np.ndarray] = [rows[one]]
+    out_c: list[np.ndarray] = [cols[one]]
+    if len(one) == len(rows):
         return out_r[0], out_c[0]
     multi = _nz(~single)
     rows, cols, costs = rows[multi], cols[multi], costs[multi]
@@ -1509,7 +1511,8 @@ class Tracker:
         # (a track seen once has no steps yet: it borrows the typical step of the
         # established tracks, the motion of this movie; none yet: the gap alone widens it).
         # Computed for the missed tracks only (the others keep gate_nm).
-        m = np.minimum(missed[miss], cfg.max_gap_frames)
+        m_raw = missed[miss]
+        m = np.minimum(m_raw, cfg.max_gap_frames)
         step = self._step[miss]
         moved = self._hits[miss] >= 2
         all_moved = np.count_nonzero(moved) == len(miss)  # (then no np.where below)
@@ -1530,8 +1533,7 @@ class Tracker:
         # at the pace of its own steps (as the gap gate; steps seen while cut by the
         # border understate its motion, hence the generous factor) but at least gate_nm:
         # a particle that barely moved comes back where it left, not 20 nm along the border
-        exited = missed > cfg.max_gap_frames
-        ex = _nz(exited[miss])  # (among the missed)
+        ex = _nz(m_raw > cfg.max_gap_frames)  # (among the missed)
         if len(ex):
             ex_rows = miss[ex]
             pred = pred.copy()
@@ -1548,7 +1550,8 @@ class Tracker:
         gate[miss] = gate_miss
         ti, dj, dist = _pairs_within(pred, det, gate)
         if len(ex):
-            ok = ~exited[ti] | det_edge[dj]  # it can only come back through the border
+            exited = missed > cfg.max_gap_frames
+            ok = _nz(~exited[ti] | det_edge[dj])  # it can only come back through the border
             ti, dj, dist = ti[ok], dj[ok], dist[ok]
         return ti, dj, dist, gate
 
