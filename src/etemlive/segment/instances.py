@@ -165,15 +165,21 @@ def instances_and_regions(
         multi = n_cores >= 2
         multi[0] = False
         if multi.any():
-            region = multi[comp]
-            # Split only inside the bounding box of the touching pieces.
-            rows = np.flatnonzero(region.any(axis=1))
-            cols = np.flatnonzero(region.any(axis=0))
-            sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-            reg = region[sl]
+            # Split only inside the bounding box of the touching pieces (from the pieces' stats).
+            box = stats[multi]
+            top, left = box[:, cv2.CC_STAT_TOP].min(), box[:, cv2.CC_STAT_LEFT].min()
+            bottom = (box[:, cv2.CC_STAT_TOP] + box[:, cv2.CC_STAT_HEIGHT]).max()
+            right = (box[:, cv2.CC_STAT_LEFT] + box[:, cv2.CC_STAT_WIDTH]).max()
+            sl = (slice(top, bottom), slice(left, right))
+            reg = np.take(multi, comp[sl].astype(np.intp))
             markers = np.where(reg, mk[sl], 0)
             d = dist[sl]
-            relief = d.astype(np.int16) if d.dtype == np.uint8 else np.rint(np.clip(d, 0, 1) * 30000).astype(np.int16)
+            if d.dtype == np.uint8:
+                relief = d.astype(np.int16)
+            else:  # in place: one float buffer, not four
+                r = np.clip(d, 0, 1)
+                r *= 30000
+                relief = np.rint(r, out=r).astype(np.int16)
             ws = ascent_watershed(relief, markers, reg)
             if merge_dynamic > 0:
                 # mask thickness (px x 100) for the neck test; only in the touching pieces' box
@@ -184,12 +190,17 @@ def instances_and_regions(
             out = comp.copy()
             out[sl][reg] = ws[reg] + n_comp  # marker ids shifted past the piece ids
             n_labels = n_comp + n_mk
-    flat = out.ravel().astype(np.intp)  # bincount's index type: converted once, not per call
-    area = np.bincount(flat, minlength=n_labels)
+    # per-label sums over the particle pixels only (flat indices): the background is
+    # most of a frame
+    at = np.flatnonzero(fg)
+    lab = out.ravel()[at].astype(np.intp)  # bincount's index type: converted once, not per call
+    area = np.bincount(lab, minlength=n_labels)
     keep = area >= max(min_area_px, 1)
     if min_mean_prob > 0 or min_peak_distance > 0:
-        keep &= _sure(flat, area, prob, dist, min_mean_prob * scale, min_peak_distance * scale)
-    return _relabel_kept(out, keep), region_areas_px
+        keep &= _sure(lab, area, prob.ravel()[at], dist.ravel()[at], min_mean_prob * scale, min_peak_distance * scale)
+    labels = np.zeros(prob.shape, np.int32)
+    labels.ravel()[at] = _relabel_kept(lab, keep)  # ravel of a fresh array: a view
+    return labels, region_areas_px
 
 
 def merge_shallow_splits(
