@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import EtemliveError, InputError
 
 log = logging.getLogger("etemlive")
@@ -560,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if getattr(args, "out", "unset") is None and args.verb == "live":
         parser.exit(EXIT_BAD_INPUT, "etemlive: error: live needs --out DIR\n")
+    keep_freed_memory()  # frame-sized buffers are reused, not re-faulted, every frame
     try:
         return int(args.func(args) or 0)
     except EtemliveError as err:
