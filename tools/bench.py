@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    # as the CLI does at start (etemlive.allocator): the numbers are the product's
+    from etemlive.allocator import keep_freed_memory
+
+    allocator = ("glibc mmap / trim thresholds raised as the CLI sets them" if keep_freed_memory()
+                 else "C library defaults")
     command = "python tools/bench.py" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else "")
     parts = [
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- revision: {_git_revision()}",
         f"- command: `{command}`",
+        f"- allocator: {allocator}",
         "",
     ]
     blocks: dict[str, str] = {}
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and args.out.exists():
         # Re-running some sections keeps the others as they were measured, and says so.
         old = _split_sections(args.out.read_text(encoding="utf-8"))
-        rerun = f"- sections {', '.join(blocks)} re-measured {parts[5][8:]} by `{command}`"
+        rerun = (f"- sections {', '.join(blocks)} re-measured {parts[5][8:]} by `{command}` "
+                 f"(allocator: {allocator})")
         header = old.get("", "\n".join(parts)).rstrip() + "\n" + rerun + "\n"
         merged = {k: v for k, v in old.items() if k}
         merged.update(blocks)
