@@ -1310,41 +1310,45 @@ class Tracker:
 
         # 6. update linked tracks, age the others, drop vanished / merged ones
         any_ended = bool(np.count_nonzero(ended))
-        keep_m = ~ended[m_t]
+        keep_m = ~ended[m_t] if any_ended else None  # links that update (None: all)
         # A track linked to a blob (an unconfirmed merge, or a sudden jump in area: two
         # touching particles segmented as one) keeps its own position and size, so that
         # when the blob comes apart each part is found where it was.
         blob = area[m_d] > cfg.blob_area_ratio * self._area[m_t]
-        if np.count_nonzero(blob):  # (rare: the other terms only then)
+        maybe_blob = bool(np.count_nonzero(blob))
+        if maybe_blob:  # (rare: the other terms only then)
             blob &= (
-                keep_m
-                & ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
+                ~det_edge[m_d]  # a particle coming into view grows fast: not a blob
                 & ~self._edge[m_t]
                 # a "blob" lasting longer than a merge takes to confirm, with no merge, is
                 # the particle itself, last seen too small (a fragment; low-dose size noise)
                 & (self._blob_run[m_t] < max(cfg.merge_confirm_frames, 1))
             )
-        if np.count_nonzero(blob):
-            # a blob covers another particle: a track lost in this frame touching it (with
-            # none, the jump in size is the particle itself measured larger: low-dose noise)
-            b = _nz(blob)
-            blob[b] = self._touches_lost(det[m_d[b]], diam[m_d[b]], pred, ~matched & ~ended)
+            if keep_m is not None:
+                blob &= keep_m
+            if np.count_nonzero(blob):
+                # a blob covers another particle: a track lost in this frame touching it
+                # (with none, the jump in size is the particle itself measured larger:
+                # low-dose noise)
+                b = _nz(blob)
+                blob[b] = self._touches_lost(det[m_d[b]], diam[m_d[b]], pred, ~matched & ~ended)
         pend = self._pend_into[self._pend_into >= 0] if self._maybe_pending else ()
         if len(pend):
-            blob |= _isin(self._ids[m_t], pend) & keep_m
-        if self._whole:
+            pending = _isin(self._ids[m_t], pend)
+            blob |= pending if keep_m is None else pending & keep_m
+            maybe_blob = True
+        if maybe_blob and self._whole:
             blob &= ~_isin(m_t, np.asarray(self._whole))
-        has_blob = bool(np.count_nonzero(blob))
-        if has_blob:
+        if maybe_blob and np.count_nonzero(blob):
             self._seen[m_t[blob]] = frame_idx
             self._missed[m_t[blob]] = 0
             self._label[m_t[blob]] = det_label[m_d[blob]]
-            keep_m &= ~blob
+            keep_m = ~blob if keep_m is None else keep_m & ~blob
             self._blob_run[m_t[blob]] += 1
             self._blob_run[m_t[~blob]] = 0
         else:
             self._blob_run[m_t] = 0
-        if any_ended or has_blob:
+        if keep_m is not None:
             mt, md = m_t[keep_m], m_d[keep_m]
         else:  # the usual case: every link is an update
             mt, md = m_t, m_d
@@ -1356,13 +1360,14 @@ class Tracker:
         gone = ended
         lost = _nz(~matched & ~ended if any_ended else ~matched)
         if len(lost):
-            self._missed[lost] += 1
+            missed = self._missed[lost] + 1
+            self._missed[lost] = missed
             limit = self._limit[lost]
             unknown = limit < 0  # missed since it was last measured: compute its limit
             if np.count_nonzero(unknown):
                 limit[unknown] = self._gap_limit(lost[unknown])
                 self._limit[lost] = limit
-            over = lost[self._missed[lost] > limit]
+            over = lost[missed > limit]
             if len(over):
                 gone = ended.copy()
                 gone[over] = True
