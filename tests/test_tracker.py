@@ -1065,11 +1065,12 @@ def test_link_of_a_shuffled_table_with_nan_rows_gives_each_row_the_same_id():
 def test_median_and_mad_equal_numpy(n):
     from etemlive.track.tracker import _median_and_mad
 
-    a = np.random.default_rng(n).normal(size=(n, 2)) * 7
-    med, mad = _median_and_mad(a)
-    want = np.median(a, axis=0)
+    a = np.random.default_rng(n).normal(size=(2, n)) * 7
+    want = np.median(a, axis=1)
+    want_mad = np.median(np.abs(a - want[:, None]), axis=1)
+    med, mad = _median_and_mad(a.copy())
     assert med == want.tolist()
-    assert mad == np.median(np.abs(a - want), axis=0).tolist()
+    assert mad == want_mad.tolist()
 
 
 def test_compact_equals_unique_with_inverse():

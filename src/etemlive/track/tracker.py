@@ -272,14 +272,13 @@ def _median_rows(a: np.ndarray) -> np.ndarray:
 
 
 def _median_and_mad(a: np.ndarray) -> tuple[list[float], list[float]]:
-    """Median and median absolute deviation of each column of a small (n, 2) array, as
-    ``_median_rows`` gives them, computed on a transposed copy (rows sort faster than
-    strided columns)."""
-    t = a.T.copy()
-    s = np.sort(t, axis=1)
-    n = t.shape[1]
-    med = s[:, n // 2] if n % 2 else (s[:, n // 2 - 1] + s[:, n // 2]) / 2
-    dev = np.abs(t - med[:, None])
+    """Median and median absolute deviation of each row of a small (k, n) array (as
+    ``np.median(a, axis=1)`` and ``np.median(np.abs(a - median[:, None]), axis=1)``).
+    Sorts ``a`` in place (rows sort faster than the strided columns of (n, k))."""
+    a.sort(axis=1)
+    n = a.shape[1]
+    med = a[:, n // 2] if n % 2 else (a[:, n // 2 - 1] + a[:, n // 2]) / 2
+    dev = np.abs(a - med[:, None])
     dev.sort(axis=1)
     mad = dev[:, n // 2] if n % 2 else (dev[:, n // 2 - 1] + dev[:, n // 2]) / 2
     return med.tolist(), mad.tolist()
@@ -1226,11 +1225,14 @@ class Tracker:
         elif cfg.drift in ("auto", "matches"):
             if n_last >= max(cfg.min_drift_matches, 1):
                 lt, ld = (m_t, m_d) if n_last == len(m_t) else (m_t[last], m_d[last])
-                disp = det_raw.take(ld, axis=0) - self._drift - self._pos.take(lt, axis=0)
+                # displacements as rows (x, y): the medians sort along rows
+                disp = (
+                    det_raw.T.take(ld, axis=1) - self._drift[:, None] - self._pos.T.take(lt, axis=1)
+                )
                 if steps > 1:
                     disp /= steps
                 med, mad = _median_and_mad(disp)
-                self._filter_drift(med, mad, len(disp), steps, jumped)
+                self._filter_drift(med, mad, disp.shape[1], steps, jumped)
                 d_inc = self._drift_vel * steps if steps > 1 else self._drift_vel
                 det = det_raw - (self._drift + d_inc)
             elif jumped:
