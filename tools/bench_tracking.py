@@ -132,6 +132,30 @@ def _ours_batch(table, sim):
     return out, ev, ms
 
 
+def _offline_ms(table, sim, search_range_px: float, memory: int, repeats: int = 7):
+    """CPU ms per frame of our offline ``link`` and of trackpy's ``link`` on the same table:
+    medians of ``repeats`` runs, alternated so both see the same load (one run of a
+    100-frame scene takes ~20-40 ms: a single one is at the mercy of the other jobs)."""
+    import trackpy as tp
+
+    from etemlive.track import link
+
+    cfg = sim["config"]
+    kw = dict(pixel_size_nm=cfg.pixel_size_nm, frame_interval_s=cfg.frame_interval_s)
+    tp_kw = dict(memory=memory, pos_columns=["x_px", "y_px"], t_column="frame")
+    tp.quiet()
+    ours, theirs = [], []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        link(table, **kw)
+        ours.append(time.process_time() - t0)
+        t0 = time.process_time()
+        tp.link(table, search_range_px, **tp_kw)
+        theirs.append(time.process_time() - t0)
+    n_frames = max(table["frame"].nunique(), 1)
+    return float(np.median(ours)) / n_frames * 1e3, float(np.median(theirs)) / n_frames * 1e3
+
+
 def _trackpy(table: pd.DataFrame, search_range_px: float, memory: int):
     import trackpy as tp
 
@@ -223,6 +247,9 @@ def _accuracy(quick: bool) -> tuple[list[str], list[str], list[str]]:
         gt_rows.append(_row(sc, "etemlive link() (table only, offline)", r3, ms3))
         tp_out, tp_ms = _trackpy(tab, search_px, memory)
         if tp_out is not None:
+            # the side-by-side speed line: medians of alternated runs (see _offline_ms)
+            ms3, tp_ms = _offline_ms(tab, sim, search_px, memory)
+            gt_rows[-1] = _row(sc, "etemlive link() (table only, offline)", r3, ms3)
             r_tp = evaluate_tracking(tp_out, gt, radius_px=0.5)
             gt_rows.append(
                 _row(sc, f"trackpy link (search {search_px:g} px, memory {memory})", r_tp, tp_ms)
@@ -386,7 +413,10 @@ def run(quick: bool = False) -> str:
         "`liquid` with 1 px/frame stage drift, the others 0.3 px/frame). Default "
         "`TrackerConfig` (gate 10 nm, max gap 6 frames) and Kalman model. ms/frame is CPU time "
         "of this process (`time.process_time`), which the other jobs sharing this 2-core box "
-        "disturb far less than wall-clock time; both trackers are timed the same way.",
+        "disturb far less than wall-clock time; both trackers are timed the same way. The "
+        "offline rows (`link()` and trackpy's `link` on ground-truth detections) are medians "
+        "of 7 runs, ours and trackpy's alternated; the live rows are means over the frames "
+        "of one run.",
         "",
         "### Ground-truth detections (tracker alone)",
         "",
