@@ -272,7 +272,14 @@ def _accuracy(quick: bool) -> tuple[list[str], list[str], list[str]]:
             out4, truth, radius_px=3.0, size_relative=True, pred_events=ev4, truth_events=tev
         )
         e2e_rows.append(_row(sc, "etemlive (table + labels + image)", r4, ms4))
+        out6, ev6, ms6 = _ours_batch(ctab, sim)
         tp4, tp4_ms = _trackpy(ctab, search_px, memory)
+        if tp4 is not None:
+            ms6, tp4_ms = _offline_ms(ctab, sim, search_px, memory)  # medians, alternated
+        r6 = evaluate_tracking(
+            out6, truth, radius_px=3.0, size_relative=True, pred_events=ev6, truth_events=tev
+        )
+        e2e_rows.append(_row(sc, "etemlive link() (table only, offline)", r6, ms6))
         if tp4 is not None:
             r5 = evaluate_tracking(tp4, truth, radius_px=3.0, size_relative=True)
             e2e_rows.append(_row(sc, "trackpy link", r5, tp4_ms))
