@@ -11,6 +11,8 @@ Three measurements, printed as markdown tables (docs/model.md, "Outline width"):
 3. Simulator (``ripening``, 1024^2, 0.5 nm/px, ~49 px particles): signed diameter error
    (px) against the exact labels for weak (mean free path 25 nm) and strongly scattering
    (5 nm, nearly saturated) particles under detector blur 0.8 / 2.5 / 3.5 px.
+4. The same kind of frame with its edges changed after rendering: a bright halo
+   (what an under-focus Fresnel fringe looks like) and a long-tailed detector PSF.
 
 Usage: ``python tools/diag_outline_width.py [--onnx PATH]`` (about 30 s on 2 cores;
 needs ``../shared/data/msa_sintering``); ``--onnx`` checks other weights than the
@@ -123,6 +125,33 @@ def simulated_blur() -> str:
     return "\n".join(lines)
 
 
+def simulated_edges() -> str:
+    """Signed diameter error on one simulated frame whose edges are changed after the
+    fact: a bright halo outside dark particles (unsharp mask: ``I + k (I - G_4 * I)``,
+    what an under-focus Fresnel fringe looks like) and a long-tailed detector PSF
+    (``(1 - w) I + w G_s * I``)."""
+    import cv2
+
+    unet, classical = make_unet(), ClassicalSegmenter()
+    cfg = sim.SimulationConfig(scenario="ripening", seed=1001, n_frames=1, size_px=1024,
+                               blur_sigma_px=1.5, pixel_size_nm=0.5, mean_diameter_nm=25.0,
+                               dose_e_per_px=1000)
+    frame = list(sim.simulate(cfg))[-1]
+    image = frame.image.astype(np.float32)
+    halo = image - cv2.GaussianBlur(image, (0, 0), 4.0)
+    variants = {"as simulated (blur 1.5 px)": image,
+                "bright halo, k 0.5": image + 0.5 * halo,
+                "bright halo, k 1": image + halo,
+                "PSF tail, w 0.35, s 6 px": 0.65 * image + 0.35 * cv2.GaussianBlur(image, (0, 0), 6.0),
+                "PSF tail, w 0.35, s 10 px": 0.65 * image + 0.35 * cv2.GaussianBlur(image, (0, 0), 10.0)}
+    lines = ["| edge change | U-Net error (px) | classical error (px) |", "|---|---|---|"]
+    for name, im in variants.items():
+        cells = [f"{signed_diameter_error_px(seg.segment(im, 0.5), frame.labels).mean():+.2f}"
+                 for seg in (unet, classical)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     global ONNX_PATH
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -131,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not MSA.is_dir():
         print(f"diag_outline_width: {MSA} not found (shared data absent)", file=sys.stderr)
         return 1
-    print(edge_profile(), binning(), simulated_blur(), sep="\n\n")
+    print(edge_profile(), binning(), simulated_blur(), simulated_edges(), sep="\n\n")
     return 0
 
 
