@@ -1820,10 +1820,7 @@ class Tracker:
         old = old[area[old] <= self.config.split_shrink * self._area[row_of_det[old]]]
         if len(old) == 0:
             return
-        k = min(2, len(old))
-        dist, idx = cKDTree(det[old]).query(det[new_det], k=k)
-        dist = np.asarray(dist).reshape(len(new_det), k)
-        idx = np.asarray(idx).reshape(len(new_det), k)
+        dist, idx = _nearest(det[old], det[new_det], min(2, len(old)))
         reach = diam[new_det][:, None] / 2 + diam[old[idx]] / 2
         near = dist <= reach
         # or within the footprint the particle had when last seen (before it came apart,
@@ -1868,9 +1865,7 @@ class Tracker:
         if len(mt) == 0:
             return child_of
         k = min(2, len(mt))
-        dist, idx = cKDTree(self._pos[mt]).query(det[unmatched_det], k=k)
-        dist = np.asarray(dist).reshape(len(unmatched_det), k)
-        idx = np.asarray(idx).reshape(len(unmatched_det), k)
+        dist, idx = _nearest(self._pos[mt], det[unmatched_det], k)
         for col in range(k):  # k <= 2: not a loop over particles
             u = unmatched_det
             p = mt[idx[:, col]]
