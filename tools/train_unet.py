@@ -431,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tile must be a multiple of 16")
     if args.samples < 1 or args.batch < 1 or args.steps < 1:
         p.error("--samples, --batch and --steps must be >= 1")
+    if not 0.0 <= args.blurry_fraction <= 1.0 or args.blur_max_px < 2.0:
+        p.error("--blurry-fraction must be in [0, 1] and --blur-max-px >= 2 (px)")
     return args
 
 
