@@ -33,7 +33,6 @@ from skimage.measure import label as connected_components
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from etemlive.errors import EtemliveError  # noqa: E402
 from etemlive.measure import measure_particles  # noqa: E402
 from etemlive.metrics import match_instances  # noqa: E402
 from etemlive.segment.backends import DEFAULT_ENGINES_DIR, OnnxRunner, UNetSegmenter  # noqa: E402
@@ -166,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except EtemliveError as err:  # missing / corrupt ONNX file: one line, not a traceback
-        print(f"{Path(__file__).name}: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    from _diag import run_tool
+
+    run_tool(main, __file__)
