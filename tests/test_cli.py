@@ -106,6 +106,21 @@ def test_simulate_then_analyze(tmp_path):
     assert abs(xs.mean() - row["x_px"]) < 0.5 and abs(ys.mean() - row["y_px"]) < 0.5
 
 
+def test_outline_option_reaches_the_segmenter_and_the_records(tmp_path):
+    movie = tmp_path / "sim.tif"
+    assert etemlive("simulate", str(movie), "--scenario", "ripening", "--seed", "2",
+                    "--frames", "2", "--size", "256").returncode == 0
+    out = tmp_path / "out"
+    result = etemlive("analyze", str(movie), "--out", str(out), "--headless", "--backend", "onnx",
+                      "--outline", "half-contrast", "--no-track", "--no-report")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "summary.json").read_text())["outline"] == "half-contrast"
+    assert json.loads((out / "config.json").read_text())["outline"] == "half-contrast"
+    bad = etemlive("analyze", str(movie), "--out", str(tmp_path / "o2"), "--outline", "hand")
+    assert bad.returncode != 0 and "invalid choice: 'hand'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_scale_bar_calibrates_and_is_masked_out(tmp_path):
     """A figure with no metadata: the burned-in bar gives the pixel size and is not a particle."""
     import cv2

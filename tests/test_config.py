@@ -10,7 +10,7 @@ from etemlive.errors import InputError
 
 def test_round_trip(tmp_path):
     config = RunConfig(mode="analyze", input="movie.tif", out_dir="out", backend="classical",
-                       pixel_size_nm=0.25, save_labels=True, workers=2)
+                       pixel_size_nm=0.25, save_labels=True, workers=2, outline="half-contrast")
     config.save(tmp_path / "config.json")
     assert RunConfig.load(tmp_path / "config.json") == config
 
@@ -22,6 +22,7 @@ def test_round_trip(tmp_path):
     ("frame_interval_s", -1.0, "frame-interval-s must be positive"),
     ("policy", "newest", "unknown policy"),
     ("workers", 0, "workers must be"),
+    ("outline", "hand", "unknown outline"),
 ])
 def test_bad_values_are_rejected(field, value, message):
     with pytest.raises(InputError, match=message):

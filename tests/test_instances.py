@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from etemlive.errors import InputError
 from etemlive.segment.instances import (
     ascent_watershed,
+    half_contrast_outlines,
     keep_consistent_contrast,
     maps_to_instances,
     merge_shallow_splits,
@@ -263,3 +266,69 @@ def test_ascent_watershed_gives_an_unmarked_peak_a_neighbours_label():
     only[0, 0] = 3
     out = ascent_watershed(wide, only, mask)
     np.testing.assert_array_equal(out, [[3, 3, 3, 3, 3, 3, 3, 3, 0]])
+
+
+def _blurred_disks(shape, disks, *, particle, background, blur_px):
+    """Flat-top disks (cy, cx, r) of intensity ``particle`` on ``background``, blurred."""
+    image = np.where(disk_labels(shape, disks) > 0, particle, background).astype(np.float32)
+    return cv2.GaussianBlur(image, (0, 0), blur_px)
+
+
+def _diameter_px(lab, k):
+    return 2.0 * np.sqrt(np.count_nonzero(lab == k) / np.pi)
+
+
+@pytest.mark.parametrize("particle, background", [(40.0, 100.0), (160.0, 30.0)])
+def test_half_contrast_outline_of_a_blurred_disk_is_its_edge(particle, background):
+    """A flat-top disk blurred by 3 px crosses half its contrast at its edge: outlines
+    drawn 4 px too wide (the network's foot of the ramp) come back to it, in either
+    polarity."""
+    image = _blurred_disks((80, 80), [(40, 40, 15)], particle=particle, background=background, blur_px=3.0)
+    wide = disk_labels((80, 80), [(40, 40, 19)])
+    out = half_contrast_outlines(wide, image)
+    assert out.dtype == np.int32 and out.max() == 1
+    assert abs(_diameter_px(out, 1) - 30.0) < 1.0
+    assert _diameter_px(wide, 1) > 37.0
+    assert np.all(out[wide == 0] == 0)  # outlines only shrink
+    np.testing.assert_array_equal(wide, disk_labels((80, 80), [(40, 40, 19)]))  # not modified
+
+
+def test_half_contrast_keeps_touching_particles_apart_and_whole():
+    """Two touching disks of different contrast, drawn wide: each is trimmed at its own
+    half contrast, keeps its id and stays one hole-free piece inside its old outline."""
+    shape = (60, 90)
+    image = _blurred_disks(shape, [(30, 30, 12)], particle=40.0, background=100.0, blur_px=2.0)
+    image += _blurred_disks(shape, [(30, 56, 12)], particle=-30.0, background=0.0, blur_px=2.0)
+    wide = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    left = (yy - 30) ** 2 + (xx - 30) ** 2 <= 15**2
+    right = ((yy - 30) ** 2 + (xx - 56) ** 2 <= 15**2) & ~left
+    wide[left], wide[right] = 1, 2
+    out = half_contrast_outlines(wide, image)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 2]
+    for k in (1, 2):
+        assert np.all(wide[out == k] == k)
+        assert abs(_diameter_px(out, k) - 24.0) < 2.0
+        pieces = ndi.label(out == k)[1]
+        assert pieces == 1
+        assert np.array_equal(ndi.binary_fill_holes(out == k), out == k)
+
+
+def test_half_contrast_leaves_faint_or_ringless_instances_alone():
+    rng = np.random.default_rng(0)
+    lab = disk_labels((60, 60), [(30, 30, 8)])
+    # no contrast at all, only noise: a local threshold would keep a random half
+    noise = rng.normal(100.0, 5.0, lab.shape).astype(np.float32)
+    np.testing.assert_array_equal(half_contrast_outlines(lab, noise, smooth_px=0), lab)
+    # an instance filling the frame has no background ring
+    full = np.ones((20, 20), np.int32)
+    np.testing.assert_array_equal(half_contrast_outlines(full, rng.random((20, 20))), full)
+    empty = np.zeros((10, 10), np.int32)
+    np.testing.assert_array_equal(half_contrast_outlines(empty, np.ones((10, 10))), empty)
+
+
+def test_half_contrast_input_checked():
+    with pytest.raises(InputError, match="one shape"):
+        half_contrast_outlines(np.zeros((5, 5), np.int32), np.zeros((5, 6)))
+    with pytest.raises(InputError, match="level"):
+        half_contrast_outlines(np.zeros((5, 5), np.int32), np.zeros((5, 5)), level=1.0)

@@ -49,7 +49,7 @@ SAMPLER = "mix"  # set from --sampler (module level so forked workers see it)
 #: Re-weighting of the training scenes (set from the command line; module level so forked
 #: workers see it). All zero / False = the stage-1 data set, sample for sample.
 RECIPE: dict = {"low_dose_fraction": 0.0, "faceted_fraction": 0.0, "nucleation": False,
-                "blurry_fraction": 0.0, "blur_max_px": 4.0}
+                "blurry_fraction": 0.0, "blur_max_px": 4.0, "small_fraction": 0.0}
 
 
 def scene_from_movie_simulator(rng: np.random.Generator, size_px: int = 256,
@@ -124,6 +124,15 @@ def render_sample(seed: int, index: int, tile_px: int) -> tuple[np.ndarray, np.n
             overrides["dose_e_per_px"] = float(np.exp(np.log(3.0) + u_dose_val * np.log(10.0)))
         if u_solid < RECIPE["faceted_fraction"]:
             overrides["solids"] = ("faceted", "rods", "mixed")[int(u_solid_val * 3)]
+        if RECIPE["small_fraction"] > 0:
+            # small particles, 4-8 px across (the sampler's usual mean is 4 px to a fifth
+            # of the tile, log-uniform: few scenes of nuclei a few px wide), at >= 0.25
+            # nm/px so that they are >= 1 nm; own stream, so other samples do not change
+            u_small, u_px, u_d = np.random.default_rng([seed, index, 13]).random(3)
+            if u_small < RECIPE["small_fraction"]:
+                px_nm = float(np.exp(np.log(0.25) + u_px * np.log(8.0)))  # 0.25-2 nm/px
+                overrides["pixel_size_nm"] = px_nm
+                overrides["mean_diameter_nm"] = max(1.0, px_nm * float(np.exp(np.log(4.0) + u_d * np.log(2.0))))
     image, labels, _params = render(rng, size_px=tile_px, **overrides)
     image = np.asarray(image, np.float32)
     if image.shape != (tile_px, tile_px):
@@ -241,7 +250,7 @@ def train(args: argparse.Namespace) -> dict:
     SAMPLER = args.sampler
     RECIPE.update(low_dose_fraction=args.low_dose_fraction, faceted_fraction=args.faceted_fraction,
                   nucleation=args.nucleation, blurry_fraction=args.blurry_fraction,
-                  blur_max_px=args.blur_max_px)
+                  blur_max_px=args.blur_max_px, small_fraction=args.small_fraction)
 
     from etemlive.segment.unet import (
         UNet,
@@ -334,6 +343,7 @@ def train(args: argparse.Namespace) -> dict:
         "low_dose_fraction": args.low_dose_fraction, "faceted_fraction": args.faceted_fraction,
         "nucleation": args.nucleation, "polarity_bin": args.polarity_bin, "threads": args.threads,
         "blurry_fraction": args.blurry_fraction, "blur_max_px": args.blur_max_px,
+        "small_fraction": args.small_fraction,
         "device": _device_name(torch, device),
         "train_s": round(train_s, 1), "render_s": round(t_data, 1),
         "parameters": count_parameters(model), "torch": str(torch.__version__),
@@ -412,6 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "2..--blur-max-px px instead of the simulator's usual 0-2 px")
     p.add_argument("--blur-max-px", type=float, default=4.0,
                    help="largest detector blur (Gaussian sigma, px) of the blurry scenes")
+    p.add_argument("--small-fraction", type=float, default=0.0,
+                   help="share of render_training_sample scenes whose particles are 4-8 px across")
     p.add_argument("--nucleation", action="store_true",
                    help="also draw movie frames of the nucleation scenario (tiny particles)")
     p.add_argument("--polarity-bin", type=int, default=1, choices=(1, 2, 4),
@@ -431,6 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tile must be a multiple of 16")
     if args.samples < 1 or args.batch < 1 or args.steps < 1:
         p.error("--samples, --batch and --steps must be >= 1")
+    if not 0.0 <= args.small_fraction <= 1.0:
+        p.error("--small-fraction must be in [0, 1]")
     if not 0.0 <= args.blurry_fraction <= 1.0 or args.blur_max_px < 2.0:
         p.error("--blurry-fraction must be in [0, 1] and --blur-max-px >= 2 (px)")
     return args

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__
 from .allocator import keep_freed_memory
+from .config import OUTLINES
 from .errors import EtemliveError, InputError
 
 log = logging.getLogger("etemlive")
@@ -61,9 +62,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"etemlive: error: {message} (see {self.prog} --help)\n")
 
 
-def make_segmenter(backend: str) -> Any:
+def make_segmenter(backend: str, outline: str = "network") -> Any:
     """The segmenter for ``--backend`` (``auto`` falls back to the classical pipeline
-    only when no network backend is installed at all)."""
+    only when no network backend is installed at all) with the U-Net outline convention
+    ``outline`` (the classical pipeline's Otsu threshold has its own)."""
     if backend == "classical":
         from .segment.classical import ClassicalSegmenter
 
@@ -77,7 +79,7 @@ def make_segmenter(backend: str) -> Any:
 
             return ClassicalSegmenter()
         raise EtemliveError(f"backend {backend!r} is not available: {err}") from None
-    return backends.make_segmenter(backend)
+    return backends.make_segmenter(backend, outline=outline)
 
 
 def tracker_factory():
@@ -215,7 +217,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         mode="analyze", input=str(args.movie), out_dir=str(args.out), backend=args.backend,
         pixel_size_nm=args.pixel_size_nm, scale_bar_nm=args.scale_bar_nm,
         frame_interval_s=args.frame_interval_s, save_labels=args.save_labels,
-        track=not args.no_track, workers=args.workers,
+        track=not args.no_track, workers=args.workers, outline=args.outline,
     )
     source = open_movie(args.movie, pixel_size_nm=args.pixel_size_nm,
                         frame_interval_s=args.frame_interval_s)
@@ -225,7 +227,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"etemlive: warning: {warning}", file=sys.stderr)
         pixel_size_nm, pixel_source, bar_mask = _resolve_calibration(source, args)
         headless = _decide_headless(args)
-        segmenter = make_segmenter(args.backend)
+        segmenter = make_segmenter(args.backend, args.outline)
         recorder = Recorder(args.out, save_labels=args.save_labels)
         recorder.write_config(config.to_dict())
         pipeline = Pipeline(
@@ -310,10 +312,10 @@ def cmd_live(args: argparse.Namespace) -> int:
         mode="live", input=args.endpoint, out_dir=str(args.out), backend=args.backend,
         pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s,
         save_labels=args.save_labels, track=not args.no_track, policy=args.policy,
-        workers=args.workers,
+        workers=args.workers, outline=args.outline,
     )
     headless = _decide_headless(args)
-    segmenter = make_segmenter(args.backend)
+    segmenter = make_segmenter(args.backend, args.outline)
     # The socket first: a bad endpoint or a port in use leaves no output folder behind.
     source = ZmqSource(
         args.endpoint, bind=args.bind, socket_type=args.socket, policy=args.policy,
@@ -362,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sim = SimulationConfig(scenario=args.scenario, seed=args.seed, n_frames=n_frames,
                            size_px=args.size)
     headless = _decide_headless(args)
-    segmenter = make_segmenter(args.backend)
+    segmenter = make_segmenter(args.backend, args.outline)
     simulated = SimulatedSource(sim)
     # Bound first on a free port; the publisher waits for its first subscriber, so
     # connecting afterwards loses no frame.
@@ -371,7 +373,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         endpoint = camera.wait_ready()
         config = RunConfig(mode="demo", input=f"simulator {args.scenario} -> {endpoint}",
-                           out_dir=str(args.out), backend=args.backend, track=True)
+                           out_dir=str(args.out), backend=args.backend, track=True,
+                           outline=args.outline)
         source = ZmqSource(endpoint, socket_type="sub", policy="drop-oldest",
                            idle_timeout_s=10.0, queue_size=LIVE_QUEUE_FRAMES)
         recorder = Recorder(args.out, save_labels=args.save_labels)
@@ -474,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--headless", action="store_true", help="no dashboard window")
         p.add_argument("--backend", default="auto",
                        choices=("auto", "tensorrt", "onnx", "torch", "classical"))
+        p.add_argument("--outline", default="network", choices=OUTLINES,
+                       help="U-Net outlines: the network's edge (geometric, as the simulator's "
+                            "truth) or half of each particle's contrast (as drawn by hand)")
         p.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm/px (overrides metadata)")
         p.add_argument("--frame-interval-s", type=_positive_float, help="seconds between frames (overrides metadata)")
         p.add_argument("--save-labels", action="store_true", help="write labels.tif")
@@ -510,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--backend", default="auto",
                    choices=("auto", "tensorrt", "onnx", "torch", "classical"))
+    p.add_argument("--outline", default="network", choices=OUTLINES,
+                   help="U-Net outlines: the network's edge (geometric, as the simulator's "
+                        "truth) or half of each particle's contrast (as drawn by hand)")
     p.add_argument("--save-labels", action="store_true")
     p.add_argument("--workers", type=_positive_int)
     p.set_defaults(func=cmd_demo, no_track=False, no_report=False)

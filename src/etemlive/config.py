@@ -16,6 +16,9 @@ from .errors import InputError
 
 CONFIG_VERSION = 1
 BACKENDS = ("auto", "tensorrt", "onnx", "torch", "classical")
+#: Outline conventions of the U-Net backends (``--outline``): the network's edge, or half
+#: of each particle's contrast (as drawn by hand); see docs/model.md "Outline width".
+OUTLINES = ("network", "half-contrast")
 DROP_POLICIES = ("drop-oldest", "lossless")
 
 
@@ -47,6 +50,8 @@ class RunConfig:
         Live queue policy when analysis is slower than the camera.
     workers : int or None
         Segmentation workers (None = automatic).
+    outline : str
+        U-Net outline convention, one of :data:`OUTLINES`.
     version : int
         Format version of this object.
     """
@@ -62,6 +67,7 @@ class RunConfig:
     track: bool = True
     policy: str = "drop-oldest"
     workers: int | None = None
+    outline: str = "network"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -69,6 +75,8 @@ class RunConfig:
             raise InputError(f"unknown mode {self.mode!r}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.outline not in OUTLINES:
+            raise InputError(f"unknown outline {self.outline!r}: choose {' or '.join(OUTLINES)}")
         if self.policy not in DROP_POLICIES:
             raise InputError(f"unknown policy {self.policy!r}: choose {' or '.join(DROP_POLICIES)}")
         for name in ("pixel_size_nm", "scale_bar_nm", "frame_interval_s"):

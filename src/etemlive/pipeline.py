@@ -711,6 +711,8 @@ class Pipeline:
             "time_unit": self.time_unit,
             "backend": s.backend,
             "device": s.device,
+            # the U-Net outline convention (absent for the classical pipeline)
+            "outline": getattr(self.segmenter, "outline", None),
             "workers": self.workers,
             "segment_batches": getattr(self.segmenter, "batches", None),
             "frames_seen": s.received,

@@ -41,9 +41,14 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ..config import OUTLINES
 from ..errors import BackendUnavailable, InputError
 from ..frames import validate_pixel_size_nm
-from .instances import instances_and_regions, keep_consistent_contrast
+from .instances import (
+    half_contrast_outlines,
+    instances_and_regions,
+    keep_consistent_contrast,
+)
 
 #: Backends accepted by :func:`make_segmenter` (and the CLI's ``--backend``).
 BACKENDS = ("auto", "tensorrt", "onnx", "torch", "classical")
@@ -241,6 +246,11 @@ class UNetSegmenter:
     consistent_contrast : bool
         Drop instances whose contrast sign disagrees with the frame's particles
         (:func:`~etemlive.segment.instances.keep_consistent_contrast`).
+    outline : {"network", "half-contrast"}
+        Where outlines are drawn: the network's edge (the particle's geometric edge, the
+        simulator's truth), or trimmed to half of each particle's contrast, the edge
+        hand annotations draw (:func:`~etemlive.segment.instances.half_contrast_outlines`;
+        docs/model.md "Outline width").
     """
 
     def __init__(
@@ -258,6 +268,7 @@ class UNetSegmenter:
         min_median_diameter_px: float = 6.0,
         max_bin: int = 4,
         consistent_contrast: bool = True,
+        outline: str = "network",
     ) -> None:
         if tile_px % SIZE_MULTIPLE or tile_px < 2 * overlap_px or tile_px < MIN_SIZE_PX:
             raise ValueError(f"tile_px must be a multiple of 16 and >= 2 overlap_px, got {tile_px}")
@@ -275,6 +286,9 @@ class UNetSegmenter:
         self.min_median_diameter_px = float(min_median_diameter_px)
         self.max_bin = int(max_bin)
         self.consistent_contrast = bool(consistent_contrast)
+        if outline not in OUTLINES:
+            raise InputError(f"outline must be one of {', '.join(OUTLINES)}, got {outline!r}")
+        self.outline = outline
         self.last_bin = 1  # binning used for the last frame (1 = native)
         # Frames the pipeline should gather per network call: on a GPU a batch of
         # queued frames costs little more than one; a CPU gains nothing from it.
@@ -407,7 +421,9 @@ class UNetSegmenter:
             labels = keep_consistent_contrast(labels, analysed, maps[0] > thr)
         self.last_bin = b
         if b > 1:
-            return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        if self.outline == "half-contrast":
+            labels = half_contrast_outlines(labels, image)
         return labels
 
     def segment(self, image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
