@@ -999,6 +999,24 @@ def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same
     assert_same_partition(_link_on_the_border(rows))
 
 
+@pytest.mark.parametrize(("others_step_px", "same"), [(0.0, False), (3.0, True)])
+def test_a_border_particle_s_jitter_is_not_motion(others_step_px, same):
+    # a particle cut by the border, its centroid jumping 2 px a frame with the cut, is
+    # missed for 3 frames; then one comes in 14 nm along the border. Among still
+    # particles it is another (the jitter is the cut's, not the particle's: the track
+    # takes the movie's typical step); among particles moving 3 nm per frame it may be it
+    rows = []
+    for f in range(15):
+        if f < 6:
+            rows.append((f, 0, 2.0, 50.0 + (2.0 if f % 2 else -2.0), 6.0))
+        elif f >= 9:
+            rows.append((f, 0 if same else 9, 2.0, 64.0, 6.0))
+        for k in range(4):
+            jitter = others_step_px * (1 if (f + k) % 2 else -1)
+            rows.append((f, 1 + k, 40.0 + 30 * k + jitter, 120.0, 6.0))
+    assert_same_partition(_link_on_the_border(rows))
+
+
 def test_pieces_lying_apart_within_the_old_footprint_are_fragments_not_particles():
     # a 14 nm particle seen as two 6 nm pieces 11 nm apart for 5 frames (farther apart
     # than their own radii, but inside the particle as last seen whole), then whole again:
