@@ -664,26 +664,38 @@ def half_contrast_outlines(
 
 
 def _largest_piece(labels: np.ndarray, n: int) -> np.ndarray:
-    """Each instance of ``labels`` reduced to its largest 4-connected piece."""
-    # cut the pixels where two instances touch, so that no piece spans two
-    diff = np.zeros(labels.shape, bool)
-    diff[:, 1:] |= (labels[:, 1:] != labels[:, :-1]) & (labels[:, :-1] > 0)
-    diff[1:, :] |= (labels[1:, :] != labels[:-1, :]) & (labels[:-1, :] > 0)
-    solo = (labels > 0) & ~diff
-    n_pieces, pieces, stats, _ = cv2.connectedComponentsWithStats(solo.astype(np.uint8), connectivity=4)
-    if n_pieces <= 1:
+    """Each instance of ``labels`` reduced to its largest 4-connected piece (work on the
+    instances' pixels only: a frame is mostly background)."""
+    flat = labels.ravel()
+    sel = np.flatnonzero(flat)
+    if len(sel) == 0:
         return labels
-    size = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    lab = flat[sel]
+    cols = labels.shape[1]
+    # cut the pixels whose left or upper neighbour is another instance, so that no
+    # piece spans two (such contact pixels are kept whatever their piece)
+    left = np.where(sel % cols > 0, flat[sel - 1], 0)
+    up = np.where(sel >= cols, flat[sel - cols], 0)
+    contact = ((left > 0) & (left != lab)) | ((up > 0) & (up != lab))
+    solo = np.zeros(labels.size, np.uint8)
+    solo[sel[~contact]] = 1
+    n_pieces, pieces = cv2.connectedComponents(solo.reshape(labels.shape), connectivity=4)
+    if n_pieces <= 2:
+        return labels
+    piece = pieces.ravel()[sel]
+    size = np.bincount(piece, minlength=n_pieces)
     owner = np.zeros(n_pieces, np.int64)
-    owner[pieces.ravel()] = labels.ravel()  # (one instance per piece)
+    owner[piece] = lab  # (one instance per piece)
     owner[0] = 0
     # per instance, the piece listed last in (instance, size) order is its largest
     order = np.lexsort((size[1:], owner[1:])) + 1
     last = np.r_[owner[order][1:] != owner[order][:-1], True]
     best = np.zeros(n_pieces, bool)
     best[order[last]] = True
-    out = np.where(best[pieces] | diff, labels, 0).astype(np.int32)
-    return out
+    keep = best[piece] | contact
+    out = np.zeros(labels.size, np.int32)
+    out[sel[keep]] = lab[keep]
+    return out.reshape(labels.shape)
 
 
 def _fill_holes_within(kept: np.ndarray, original: np.ndarray) -> np.ndarray:
