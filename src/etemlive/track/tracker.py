@@ -1515,21 +1515,24 @@ class Tracker:
         # a missed track's gate widens with the gap, by at most gate_growth_per_gap x gate
         # per frame and by at most _GAP_SIGMAS of its own typical steps x sqrt(gap) (a
         # random walk of them): a particle that stood still is looked for where it stood
-        # (a track seen once has no steps yet, and the centroid of one last seen cut by the
-        # border moves with the cut, not the particle: it borrows the typical step of the
-        # established tracks, the motion of this movie; none yet: the gap alone widens it;
-        # with its own jitter a border particle of a still ripening scene that dissolved
-        # was linked to one entering 15 nm along the border three frames later).
+        # (a track seen once has no steps yet: it borrows the typical step of the
+        # established tracks, the motion of this movie; none yet: the gap alone widens it.
+        # One last seen cut by the border takes at most that typical step: its centroid
+        # jitters with the cut, not the particle; with its own jitter a border particle
+        # of a still ripening scene that dissolved was linked to one entering 15 nm along
+        # the border three frames later).
         # Computed for the missed tracks only (the others keep gate_nm).
         m_raw = missed[miss]
         m = np.minimum(m_raw, cfg.max_gap_frames)
         step = self._step[miss]
-        moved = (self._hits[miss] >= 2) & ~self._edge[miss]
+        seen_moving = self._hits[miss] >= 2
+        on_edge = self._edge[miss]
+        moved = seen_moving & ~on_edge
         all_moved = np.count_nonzero(moved) == len(miss)  # (then no np.where below)
         if not all_moved:
             known = self._hits >= max(cfg.confirm_hits, 2)
             typical = _median_rows(self._step[known]) if np.count_nonzero(known) else np.inf
-            step = np.where(moved, step, typical)
+            step = np.where(moved, step, np.where(seen_moving, np.minimum(step, typical), typical))
             moved = np.isfinite(step)
         widen = cfg.gate_growth_per_gap * m
         own_widen = _GAP_SIGMAS * step * np.sqrt(m) / cfg.gate_nm  # 0 x inf: not used
