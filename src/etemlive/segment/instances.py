@@ -650,7 +650,7 @@ def half_contrast_outlines(
     keep_at = ~ok[lab_at] | (side[lab_at] * (flat_img[at] - threshold[lab_at]) >= 0)
     kept = np.zeros(lab.size, np.int32)
     kept[at[keep_at]] = lab_at[keep_at]
-    kept = _largest_piece(kept.reshape(lab.shape), n)
+    kept = _largest_piece(kept.reshape(lab.shape))
     kept = _fill_holes_within(kept, lab)
     # too little left: the local threshold is not to be trusted there
     area = np.bincount(lab_at, minlength=n + 1)
@@ -663,7 +663,7 @@ def half_contrast_outlines(
     return kept
 
 
-def _largest_piece(labels: np.ndarray, n: int) -> np.ndarray:
+def _largest_piece(labels: np.ndarray) -> np.ndarray:
     """Each instance of ``labels`` reduced to its largest 4-connected piece (work on the
     instances' pixels only: a frame is mostly background)."""
     flat = labels.ravel()
