@@ -60,8 +60,8 @@ def _run_folder(out: Path, *, n_frames: int = 25, frame_interval_s: float | None
                   "fate": ["alive", "alive"]}).to_csv(out / "tracks.csv", index=False)
     (out / "summary.json").write_text(json.dumps({
         "input": "movie <1>.tif", "pixel_size_nm": 0.25, "pixel_size_source": "scale bar",
-        "frame_interval_s": frame_interval_s, "backend": "classical", "device": "cpu",
-        "frames_seen": n_frames, "frames_analysed": n_frames, "frames_dropped": 0, "fps": 14.5,
+        "frame_interval_s": frame_interval_s, "backend": "onnx", "device": "cpu",
+        "outline": "half-contrast", "frames_seen": n_frames, "frames_analysed": n_frames, "frames_dropped": 0, "fps": 14.5,
         "latency_p50_ms": 31.0, "latency_p99_ms": 80.0, "warnings": ["dropping frames: 2"],
         "stage_ms_mean": {"segment": 20.0}, "version": "0.1.0"}))
     return out
@@ -90,6 +90,7 @@ def test_report_is_self_contained_with_sections_and_plots(tmp_path):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     # facts from the folder made it in, escaped
     assert "movie &lt;1&gt;.tif" in text and "scale bar" in text
+    assert "<th>U-Net outlines</th><td>half-contrast</td>" in text
     assert "dropping frames: 2" in text and "merge" in text
     m = re.search(r"<b>n = ([0-9.]+)</b>", text)
     assert m is not None  # the kinetics fit ran

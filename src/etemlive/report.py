@@ -124,6 +124,8 @@ def render_report(out_dir: str | Path, result: Mapping[str, Any]) -> str:
         ("time unit", "frames (no frame interval known)" if unit == "frame" else "seconds"),
         ("backend", summary.get("backend")),
         ("device", summary.get("device")),
+        # sizes depend on where outlines are drawn (network edge or half contrast)
+        ("U-Net outlines", summary.get("outline") or "-"),
         ("etemlive version", summary.get("version")),
     ]
     warn = "" if px else '<p class="warn">No pixel size recorded: sizes may be in px.</p>'
