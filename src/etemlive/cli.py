@@ -465,6 +465,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ parser
+def _add_outline_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outline", default="network", choices=OUTLINES,
+                   help="U-Net outlines: the network's edge (geometric, as the simulator's "
+                        "truth) or half of each particle's contrast (as drawn by hand)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="etemlive", description=(
         "Real-time nanoparticle analysis for in-situ / environmental TEM movies."))
@@ -477,9 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--headless", action="store_true", help="no dashboard window")
         p.add_argument("--backend", default="auto",
                        choices=("auto", "tensorrt", "onnx", "torch", "classical"))
-        p.add_argument("--outline", default="network", choices=OUTLINES,
-                       help="U-Net outlines: the network's edge (geometric, as the simulator's "
-                            "truth) or half of each particle's contrast (as drawn by hand)")
+        _add_outline_option(p)
         p.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm/px (overrides metadata)")
         p.add_argument("--frame-interval-s", type=_positive_float, help="seconds between frames (overrides metadata)")
         p.add_argument("--save-labels", action="store_true", help="write labels.tif")
@@ -516,9 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--backend", default="auto",
                    choices=("auto", "tensorrt", "onnx", "torch", "classical"))
-    p.add_argument("--outline", default="network", choices=OUTLINES,
-                   help="U-Net outlines: the network's edge (geometric, as the simulator's "
-                        "truth) or half of each particle's contrast (as drawn by hand)")
+    _add_outline_option(p)
     p.add_argument("--save-labels", action="store_true")
     p.add_argument("--workers", type=_positive_int)
     p.set_defaults(func=cmd_demo, no_track=False, no_report=False)
