@@ -982,6 +982,15 @@ def test_update_does_not_modify_the_frame_table(has_track_id):
         assert list(step.particles.columns) == list(frame.columns) + extra
 
 
+def _jittering_others(frame: int, step_px: float) -> list[tuple]:
+    """Rows of four particles away from the border that jump ``step_px`` back and forth
+    each frame: the movie's typical motion."""
+    return [
+        (frame, 1 + k, 40.0 + 30 * k + step_px * (1 if (frame + k) % 2 else -1), 120.0, 6.0)
+        for k in range(4)
+    ]
+
+
 @pytest.mark.parametrize(("others_step_px", "same"), [(3.0, True), (0.0, False)])
 def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same):
     # a particle seen once on the border, back 15 nm along it 12 frames later: in a movie
@@ -993,9 +1002,7 @@ def test_a_track_seen_once_borrows_the_motion_of_the_others(others_step_px, same
             rows.append((f, 0, 2.0, 50.0, 6.0))
         elif f >= 15:
             rows.append((f, 0 if same else 9, 2.0, 65.0, 6.0))
-        for k in range(4):
-            jitter = others_step_px * (1 if (f + k) % 2 else -1)
-            rows.append((f, 1 + k, 40.0 + 30 * k + jitter, 120.0, 6.0))
+        rows += _jittering_others(f, others_step_px)
     assert_same_partition(_link_on_the_border(rows))
 
 
@@ -1011,9 +1018,7 @@ def test_a_border_particle_s_jitter_is_not_motion(others_step_px, same):
             rows.append((f, 0, 2.0, 50.0 + (2.0 if f % 2 else -2.0), 6.0))
         elif f >= 9:
             rows.append((f, 0 if same else 9, 2.0, 64.0, 6.0))
-        for k in range(4):
-            jitter = others_step_px * (1 if (f + k) % 2 else -1)
-            rows.append((f, 1 + k, 40.0 + 30 * k + jitter, 120.0, 6.0))
+        rows += _jittering_others(f, others_step_px)
     assert_same_partition(_link_on_the_border(rows))
 
 
