@@ -160,6 +160,17 @@ def test_training_recipe_reweights_scenes_and_default_is_stage_one():
         train_unet.RECIPE.update(low_dose_fraction=1.0)
         assert max(float(train_unet.render_sample(0, i, 64)[0].mean()) for i in idx) < 45.0
         assert train_unet.render_sample(0, 2, 64)[0].tobytes() != ref_img.tobytes()
+        # every scene made of small particles (mean 4-8 px across): median particle
+        # area under ~50 px^2 (a 8 px disk), where the drawn sizes give larger ones
+        def median_area_px(i: int) -> float:
+            lab = train_unet.render_sample(0, i, 96)[3]
+            areas = np.bincount(lab.ravel())[1:]
+            return float(np.median(areas[areas > 0]))
+
+        train_unet.RECIPE.update(low_dose_fraction=0.0)
+        assert max(median_area_px(i) for i in idx) > 60.0
+        train_unet.RECIPE.update(small_fraction=1.0)
+        assert max(median_area_px(i) for i in idx) < 60.0
     finally:
         train_unet.RECIPE.clear()
         train_unet.RECIPE.update(saved)

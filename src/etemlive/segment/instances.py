@@ -559,7 +559,6 @@ def keep_consistent_contrast(
     return _relabel_kept(labels.astype(np.int64, copy=False), keep)
 
 
-
 def half_contrast_outlines(
     labels: np.ndarray,
     image: np.ndarray,
@@ -622,13 +621,14 @@ def half_contrast_outlines(
     flat_img = img.ravel()
     at = np.flatnonzero(fg)
     lab_at = flat_lab[at].astype(np.int64)
+    img_at = flat_img[at]  # (gathered once: used for the core and the threshold)
     # core: pixels at least half the instance's largest distance from the background
     d_in = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3).ravel()[at]
     d_max = np.zeros(n + 1, np.float32)
     np.maximum.at(d_max, lab_at, d_in)
     core = d_in >= 0.5 * d_max[lab_at]
     core_n = np.bincount(lab_at[core], minlength=n + 1)
-    core_sum = np.bincount(lab_at[core], weights=flat_img[at][core], minlength=n + 1)
+    core_sum = np.bincount(lab_at[core], weights=img_at[core], minlength=n + 1)
     # background ring: the background pixels ring_px[0]-ring_px[1] px from the particles,
     # each given to its nearest instance (so a particle in a cluster keeps its own side)
     d_out, nearest = cv2.distanceTransformWithLabels(
@@ -647,7 +647,7 @@ def half_contrast_outlines(
     threshold = bg + level * contrast
     # a pixel is kept on the core's side of its instance's threshold
     side = np.where(contrast >= 0, 1.0, -1.0)
-    keep_at = ~ok[lab_at] | (side[lab_at] * (flat_img[at] - threshold[lab_at]) >= 0)
+    keep_at = ~ok[lab_at] | (side[lab_at] * (img_at - threshold[lab_at]) >= 0)
     kept = np.zeros(lab.size, np.int32)
     kept[at[keep_at]] = lab_at[keep_at]
     kept = _largest_piece(kept.reshape(lab.shape))
